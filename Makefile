@@ -1,0 +1,78 @@
+# Entry points. `make demo` and `make test` do all the set-up themselves, and
+# every step is idempotent: a second run rebuilds nothing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOTSTRAP ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help setup host venv qemu image test test-unit demo bench-boot \
+        qemu-dev qemu-export check-series lint clean distclean
+
+help:
+	@echo "make demo         build everything needed, boot a guest, show what it does"
+	@echo "make test         build everything needed, run all tests (PYTEST_ARGS=...)"
+	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
+	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
+	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
+	@echo "make qemu-export  write ./qemu-dev's commits back to qemu-patches/"
+	@echo "make check-series compile checks: --disable-kvm, --disable-tcg, every patch"
+	@echo "make lint         ruff over the Python code"
+
+setup: host venv
+
+# Debian packages (when root) and deb-src entries; a stamp makes it cheap.
+host:
+	@bash scripts/setup-host.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "venv: creating $(VENV) and installing the orchestrator"
+	@$(PYTHON_BOOTSTRAP) -m venv $(VENV) || { echo "error: python3 -m venv failed (install python3-venv)" >&2; exit 1; }
+	@$(PY) -m pip install -q -e '.[dev]' >$(VENV)/pip.log 2>&1 \
+		|| { echo "error: pip install failed; see $(VENV)/pip.log" >&2; exit 1; }
+	@touch $@
+
+# $(QEMU) set on the command line means: use that binary, build nothing.
+qemu: setup
+ifeq ($(QEMU),)
+	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh build
+endif
+
+image: setup
+	@bash images/build-image.sh
+
+test: qemu image
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	@$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)
+
+demo: qemu image
+	@$(PY) -m orchestrator demo
+
+bench-boot: qemu image
+	@$(PY) -m orchestrator bench-boot --runs $(or $(RUNS),5)
+
+qemu-dev: setup
+	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh dev
+
+qemu-export:
+	@bash scripts/build-qemu.sh export
+
+check-series: setup
+	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh check
+
+lint: venv
+	@$(VENV)/bin/ruff check orchestrator guest-tests
+	@$(VENV)/bin/ruff format --check orchestrator guest-tests
+
+clean:
+	rm -rf test-logs .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)
+	@echo "the build cache is left alone: rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/hv-signal-direct"

@@ -1,0 +1,105 @@
+"""Where the built QEMU and guest image are: the manifests the builders write."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import HarnessError
+
+# Debian packages that hold the firmware QEMU loads: seabios, qemu-system-data
+# (option ROMs such as linuxboot_dma.bin) and ipxe-qemu (NIC ROMs).
+FIRMWARE_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"), Path("/usr/lib/ipxe/qemu"))
+REQUIRED_FIRMWARE = ("bios-256k.bin", "linuxboot_dma.bin")
+
+
+def cache_dir() -> Path:
+    if explicit := os.environ.get("HVSD_CACHE"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hv-signal-direct"
+
+
+@dataclass(frozen=True)
+class QemuBuild:
+    binary: Path
+    base: str
+    series_hash: str
+    series_length: int
+    version: str
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    key: str
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    kernel_release: str
+    headers: Path
+    ssh_key: Path
+    host_key_pub: Path
+
+
+def _read_manifest(name: str, make_target: str) -> dict[str, object]:
+    path = cache_dir() / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{path} not found: run 'make {make_target}' first") from None
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{path} is not valid JSON ({exc}): run 'make {make_target}'") from None
+
+
+def find_qemu() -> QemuBuild:
+    """The QEMU to run: $QEMU if set (a developer's own binary), else the built one."""
+    if override := os.environ.get("QEMU"):
+        binary = Path(override) if "/" in override else Path(shutil.which(override) or override)
+        if not binary.is_file():
+            raise HarnessError(f"QEMU binary {override} (from $QEMU) not found")
+        return QemuBuild(binary, "$QEMU override", "", 0, "")
+    data = _read_manifest("qemu.json", "qemu")
+    build = QemuBuild(
+        binary=Path(str(data["binary"])),
+        base=str(data["base"]),
+        series_hash=str(data["series_hash"]),
+        series_length=int(str(data["series_length"])),
+        version=str(data["version"]),
+    )
+    if not build.binary.is_file():
+        raise HarnessError(f"QEMU binary {build.binary} not found: run 'make qemu'")
+    return build
+
+
+def find_image() -> GuestImage:
+    data = _read_manifest("image.json", "image")
+    image = GuestImage(
+        key=str(data["key"]),
+        kernel=Path(str(data["kernel"])),
+        initrd=Path(str(data["initrd"])),
+        rootfs=Path(str(data["rootfs"])),
+        kernel_release=str(data["kernel_release"]),
+        headers=Path(str(data["headers"])),
+        ssh_key=Path(str(data["ssh_key"])),
+        host_key_pub=Path(str(data["host_key_pub"])),
+    )
+    for path in (image.kernel, image.initrd, image.rootfs, image.ssh_key, image.host_key_pub):
+        if not path.is_file():
+            raise HarnessError(f"guest image file {path} is missing: run 'make image'")
+    return image
+
+
+def firmware_dirs() -> list[Path]:
+    """The firmware directories, checked for the files a boot needs."""
+    dirs = [d for d in FIRMWARE_DIRS if d.is_dir()]
+    for name in REQUIRED_FIRMWARE:
+        if not any((d / name).is_file() for d in dirs):
+            searched = ", ".join(str(d) for d in FIRMWARE_DIRS)
+            raise HarnessError(
+                f"firmware {name} not found in {searched}: "
+                "install seabios, qemu-system-data and ipxe-qemu ('make setup')"
+            )
+    return dirs

@@ -1,0 +1,81 @@
+"""The QEMU command line, rendered from the jinja2 template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from orchestrator.artifacts import GuestImage
+
+# Kernel arguments that matter under TCG: no speculative-execution mitigations
+# (pure cost under emulation), trust the CPU's RNG so sshd need not wait.
+BASE_KERNEL_CMDLINE = (
+    "console=ttyS0 panic=-1 mitigations=off random.trust_cpu=on "
+    "tsc=reliable no_timer_check loglevel=4"
+)
+
+
+@dataclass(frozen=True)
+class VmOptions:
+    """What a test may choose about its VM."""
+
+    cpus: int = 2
+    memory_mb: int = 512
+    cpu: str = "max"
+    machine: str = "q35"
+    kernel_args: str = ""
+    extra_args: tuple[str, ...] = ()
+    boot_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class LaunchPaths:
+    qmp_socket: Path
+    serial_log: Path
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything the template needs for one start of QEMU."""
+
+    qemu: Path
+    name: str
+    accel: str
+    image: GuestImage
+    options: VmOptions
+    paths: LaunchPaths
+    ssh_port: int
+    firmware_dirs: list[Path] = field(default_factory=list)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("orchestrator", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(launch: Launch) -> list[str]:
+    template = _environment().get_template("qemu.cmdline.j2")
+    text = template.render(
+        qemu=launch.qemu,
+        name=launch.name,
+        machine=launch.options.machine,
+        accel=launch.accel,
+        cpu=launch.options.cpu,
+        cpus=launch.options.cpus,
+        memory_mb=launch.options.memory_mb,
+        firmware_dirs=launch.firmware_dirs,
+        image=launch.image,
+        kernel_cmdline=f"{BASE_KERNEL_CMDLINE} {launch.options.kernel_args}".strip(),
+        ssh_port=launch.ssh_port,
+        serial_log=launch.paths.serial_log,
+        qmp_socket=launch.paths.qmp_socket,
+        extra_args=launch.options.extra_args,
+    )
+    return [line for line in text.splitlines() if line.strip()]

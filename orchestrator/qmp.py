@@ -1,0 +1,138 @@
+"""A typed, synchronous handle on one VM's QMP socket (qemu.qmp underneath)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient
+from qemu.qmp.error import QMPError
+
+from orchestrator.errors import HarnessError
+
+T = TypeVar("T")
+
+
+class QmpCommandError(HarnessError):
+    """QEMU answered a command with an error."""
+
+    def __init__(self, command: str, error_class: str, desc: str, log: Path) -> None:
+        super().__init__(f"QMP {command} failed: {error_class}: {desc}", log)
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+
+class Qmp:
+    """One QMP connection with its own event loop; every exchange is logged."""
+
+    def __init__(self, socket_path: Path, log: Path, name: str) -> None:
+        self.socket_path = socket_path
+        self.log = log
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient(name)
+        self._events = EventListener()
+        self._client.register_listener(self._events)
+        self._connected = False
+
+    def _sync(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def _write(self, direction: str, payload: object) -> None:
+        with self.log.open("a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} {direction} {json.dumps(payload)}\n")
+
+    def _drain_events(self) -> None:
+        for event in self._events.clear():
+            self._write("event", dict(event))
+
+    def connect(self, timeout: float, alive: Callable[[], None]) -> None:
+        """Connects once QEMU has created the socket; `alive` raises if QEMU died."""
+        deadline = time.monotonic() + timeout
+        while not self.socket_path.exists():
+            alive()
+            if time.monotonic() > deadline:
+                raise HarnessError(
+                    f"QEMU did not create its QMP socket within {timeout:.0f}s", self.log
+                )
+            time.sleep(0.02)
+        try:
+            self._sync(self._client.connect(str(self.socket_path)), timeout=10)
+        except (TimeoutError, ConnectError, OSError) as exc:
+            alive()
+            raise HarnessError(
+                f"QMP connection to {self.socket_path} failed: {exc}", self.log
+            ) from None
+        self._connected = True
+        self._write("greeting", {"version": self.version()})
+
+    def execute(
+        self, command: str, args: dict[str, object] | None = None, timeout: float = 30.0
+    ) -> Any:
+        self._drain_events()
+        self._write(">>>", {"execute": command, "arguments": args or {}})
+        try:
+            result = self._sync(self._client.execute(command, args), timeout)
+        except ExecuteError as exc:
+            self._write("<<<", {"error": {"class": exc.error_class, "desc": exc.error_desc}})
+            raise QmpCommandError(command, exc.error_class, exc.error_desc, self.log) from None
+        except (TimeoutError, QMPError, OSError) as exc:
+            self._write("!!!", {"exception": repr(exc)})
+            raise HarnessError(f"QMP {command} failed: {exc!r}", self.log) from None
+        self._write("<<<", {"return": result})
+        return result
+
+    def version(self) -> str:
+        qemu = self._sync(self._client.execute("query-version"), 10)["qemu"]
+        return f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}"
+
+    def status(self) -> str:
+        return str(self.execute("query-status")["status"])
+
+    def reset(self) -> None:
+        self.execute("system_reset")
+
+    def read_phys(self, address: int, size: int) -> bytes:
+        """Guest physical memory, as QEMU sees it (pmemsave into a temp file)."""
+        with tempfile.TemporaryDirectory(prefix="hvsd-pmem-") as tmp:
+            dump = Path(tmp) / "pmem"
+            self.execute("pmemsave", {"val": address, "size": size, "filename": str(dump)})
+            return dump.read_bytes()
+
+    def quit(self) -> None:
+        """Asks QEMU to exit; the connection dropping is the expected answer."""
+        if not self._connected:
+            return
+        self._write(">>>", {"execute": "quit"})
+        try:
+            self._sync(self._client.execute("quit"), 5)
+        except Exception as exc:  # QEMU may close before it answers
+            self._write("!!!", {"exception": repr(exc)})
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        try:
+            self._drain_events()
+            self._sync(self._client.disconnect(), 5)
+        except Exception:  # after quit, EOF is how it ends
+            pass
+
+    def close(self) -> None:
+        """Disconnects and closes the event loop, reaping qemu.qmp's tasks."""
+        if self._loop.is_closed():
+            return
+        self._disconnect()
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()

@@ -1,0 +1,166 @@
+"""The guest over SSH (paramiko): commands, files, and a pinned host key."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from orchestrator.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    def __iter__(self):  # lets callers write `rc, out, err = guest.run(...)`
+        return iter((self.rc, self.out, self.err))
+
+
+class HostKeyMismatch(paramiko.SSHException):
+    pass
+
+
+class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
+    """Accepts exactly the host key generated for this image, nothing else."""
+
+    def __init__(self, pinned: paramiko.PKey) -> None:
+        self._pinned = pinned
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        if key.get_name() != self._pinned.get_name() or key.asbytes() != self._pinned.asbytes():
+            raise HostKeyMismatch(f"{hostname} offered a host key other than the image's")
+
+
+def load_public_key(path: Path) -> paramiko.PKey:
+    kind, blob = path.read_text().split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+
+
+class Guest:
+    """A root shell on the guest; every command is appended to `commands_log`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        key: Path,
+        host_key_pub: Path,
+        commands_log: Path,
+        log_hint: Path,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.key = key
+        self._pinned = load_public_key(host_key_pub)
+        self.commands_log = commands_log
+        self._log_hint = log_hint
+        self._client: paramiko.SSHClient | None = None
+
+    def wait_ready(self, timeout: float, alive: Callable[[], None]) -> float:
+        """Retries until SSH answers (bounded by `timeout`); returns seconds waited."""
+        start = time.monotonic()
+        last_error = "no attempt"
+        while time.monotonic() - start < timeout:
+            alive()
+            try:
+                self._client = self._connect(min(10.0, timeout))
+                return time.monotonic() - start
+            except HostKeyMismatch as exc:
+                raise HarnessError(f"SSH refused: {exc}", self._log_hint) from None
+            except paramiko.AuthenticationException:
+                raise HarnessError(
+                    f"SSH refused: the guest did not accept key {self.key}", self._log_hint
+                ) from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                # Before sshd listens, QEMU's user network accepts the TCP
+                # connection and then drops it: that is "not yet", not an error.
+                last_error = str(exc) or type(exc).__name__
+                time.sleep(0.2)
+        raise HarnessError(
+            f"guest did not answer SSH on 127.0.0.1:{self.port} within {timeout:.0f}s "
+            f"(last: {last_error})",
+            self._log_hint,
+        )
+
+    def _connect(self, timeout: float) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(_PinnedHostKey(self._pinned))
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username="root",
+                key_filename=str(self.key),
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise HarnessError("not connected to the guest over SSH")
+        return self._client
+
+    def run(self, command: str, timeout: float = 120.0, check: bool = False) -> CommandResult:
+        start = time.monotonic()
+        try:
+            _, stdout, stderr = self.client.exec_command(command, timeout=timeout)
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+            rc = stdout.channel.recv_exit_status()
+        except TimeoutError:
+            raise HarnessError(
+                f"guest command timed out after {timeout:.0f}s: {command}", self.commands_log
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HarnessError(
+                f"SSH failed running {command!r}: {exc}", self.commands_log
+            ) from None
+        result = CommandResult(command, rc, out, err, time.monotonic() - start)
+        self._record(result)
+        if check and rc != 0:
+            raise HarnessError(
+                f"guest command failed (rc {rc}): {command}: {err.strip()}", self.commands_log
+            )
+        return result
+
+    def _record(self, result: CommandResult) -> None:
+        with self.commands_log.open("a") as log:
+            log.write(f"$ {result.command}\n# rc={result.rc} in {result.seconds:.3f}s\n")
+            if result.out:
+                log.write(result.out if result.out.endswith("\n") else result.out + "\n")
+            if result.err:
+                log.write("# stderr:\n" + result.err + ("" if result.err.endswith("\n") else "\n"))
+
+    def put(self, local: Path, remote: str) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.put(str(local), remote)
+        self._record(CommandResult(f"put {local} -> {remote}", 0, "", "", 0.0))
+
+    def get(self, remote: str, local: Path) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.get(remote, str(local))
+        self._record(CommandResult(f"get {remote} -> {local}", 0, "", "", 0.0))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# Builds qemu-system-x86_64 from the pinned base (qemu-patches/BASE) with the
+# series (qemu-patches/series) applied, into the cache.
+#
+#   build-qemu.sh build    fetch, apply, configure, build; write qemu.json
+#   build-qemu.sh dev      a git worktree (./qemu-dev) with the series as commits
+#   build-qemu.sh export   write ./qemu-dev's commits back to qemu-patches/
+#   build-qemu.sh check    compile checks with --disable-kvm and --disable-tcg
+#
+# QEMU_SRC=/path/to/qemu.git builds that tree's HEAD with the series instead.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+PATCH_DIR=$PROJECT_ROOT/qemu-patches
+DEV_TREE=$PROJECT_ROOT/qemu-dev
+PYTHON=${PYTHON:-$PROJECT_ROOT/.venv/bin/python}
+# shellcheck source=qemu-patches/BASE
+. "$PATCH_DIR/BASE"
+
+GIT=(git -c user.name=hv-signal-direct -c user.email=hv-signal-direct@localhost
+     -c advice.detachedHead=false)
+CONFIGURE_FLAGS=(
+    --target-list=x86_64-softmmu --without-default-features
+    --enable-tcg --enable-kvm --enable-slirp --enable-fdt=system
+    --disable-docs --disable-rust --disable-download --disable-install-blobs
+)
+
+series_patches() {
+    grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$PATCH_DIR/series" || true
+}
+
+series_hash() {
+    local patch
+    {
+        cat "$PATCH_DIR/series"
+        for patch in $(series_patches); do
+            [ -f "$PATCH_DIR/$patch" ] || die "series lists $patch but qemu-patches/$patch does not exist"
+            cat "$PATCH_DIR/$patch"
+        done
+    } | sha256sum | cut -c1-16
+}
+
+# Fetches Debian's source package of the given version into the cache.
+fetch_debian_source() {
+    local version=$1 dir=$2 log=$3
+    mkdir -p "$dir"
+    ls "$dir"/*.dsc >/dev/null 2>&1 && return 0
+    (cd "$dir" && apt-get source --download-only "qemu=$version") >>"$log" 2>&1
+}
+
+# Makes a git tree of the Debian source: tag hvsd-upstream is the tarball as
+# shipped, tag hvsd-base adds Debian's build-enabling patches.
+make_base_tree() {
+    local version=$1 tree=$2 log=$3 dl=$4 unpack patch
+    unpack=$(mktemp -d "$HVSD_CACHE/unpack.XXXXXX")
+    dpkg-source -x --skip-patches "$dl"/*.dsc "$unpack/src" >>"$log" 2>&1
+    mkdir -p "$(dirname "$tree")/debian-patches"
+    cp -r "$unpack/src/debian/patches/." "$(dirname "$tree")/debian-patches/"
+    rm -rf "$unpack/src/debian"
+    (
+        cd "$unpack/src"
+        "${GIT[@]}" init -q
+        "${GIT[@]}" add -A -f
+        "${GIT[@]}" commit -q -m "QEMU $UPSTREAM_VERSION as shipped in Debian's qemu $version"
+        "${GIT[@]}" tag hvsd-upstream
+        for patch in $DEBIAN_BUILD_PATCHES; do
+            "${GIT[@]}" apply "$(dirname "$tree")/debian-patches/$patch"
+        done
+        "${GIT[@]}" commit -q -a -m "debian: build fixes for the +ds tarball ($DEBIAN_BUILD_PATCHES)"
+        "${GIT[@]}" tag hvsd-base
+    ) >>"$log" 2>&1
+    mv "$unpack/src" "$tree"
+    rm -rf "$unpack"
+}
+
+# Makes a tree from the user's own QEMU repository at its HEAD.
+make_user_tree() {
+    local tree=$1 log=$2 head
+    head=$(git -C "$QEMU_SRC" rev-parse HEAD)
+    if [ ! -d "$tree/.git" ]; then
+        "${GIT[@]}" clone -q --shared --no-checkout "$QEMU_SRC" "$tree" >>"$log" 2>&1
+    fi
+    "${GIT[@]}" -C "$tree" fetch -q "$QEMU_SRC" HEAD >>"$log" 2>&1
+    "${GIT[@]}" -C "$tree" tag -f hvsd-base "$head" >>"$log" 2>&1
+}
+
+# Resets the tree to hvsd-base and applies the series one patch at a time, so a
+# patch that does not apply is named together with git's own message.
+apply_series() {
+    local tree=$1 log=$2 patch out
+    "${GIT[@]}" -C "$tree" checkout -q -f --detach hvsd-base >>"$log" 2>&1
+    for patch in $(series_patches); do
+        if ! out=$("${GIT[@]}" -C "$tree" am -q --3way "$PATCH_DIR/$patch" 2>&1); then
+            echo "$out" >>"$log"
+            "${GIT[@]}" -C "$tree" am --abort >>"$log" 2>&1 || true
+            die "patch $patch does not apply: $(echo "$out" | grep -m1 -E 'error|failed|conflict' || echo "$out" | head -n1); see $log"
+        fi
+    done
+}
+
+configure_tree() {
+    local tree=$1 build=$2 log=$3 flags_hash
+    flags_hash=$(echo "${CONFIGURE_FLAGS[*]} $PYTHON" | sha256sum | cut -c1-16)
+    if [ -f "$build/build.ninja" ] && [ "$(cat "$build/.hvsd-flags" 2>/dev/null)" = "$flags_hash" ]; then
+        return 0
+    fi
+    rm -rf "$build"
+    mkdir -p "$build"
+    (cd "$build" && "$tree/configure" --python="$PYTHON" "${CONFIGURE_FLAGS[@]}" "$@") >>"$log" 2>&1 || return 1
+    echo "$flags_hash" >"$build/.hvsd-flags"
+}
+
+resolve_tree() {
+    # Sets TREE_ROOT, SOURCE_DESC and FETCH_VERSION for the base in use.
+    local log=$1 version
+    if [ -n "${QEMU_SRC:-}" ]; then
+        [ -d "$QEMU_SRC/.git" ] || [ -f "$QEMU_SRC/.git" ] || die "QEMU_SRC=$QEMU_SRC is not a git tree"
+        TREE_ROOT=$HVSD_CACHE/qemu/user-$(realpath "$QEMU_SRC" | sha256sum | cut -c1-12)
+        mkdir -p "$TREE_ROOT"
+        step "qemu: clone $QEMU_SRC" "$log" make_user_tree "$TREE_ROOT/src" "$log"
+        SOURCE_DESC="$QEMU_SRC at $(git -C "$QEMU_SRC" rev-parse --short HEAD)"
+        return 0
+    fi
+    for version in "$DEBIAN_VERSION" "$FALLBACK_DEBIAN_VERSION"; do
+        TREE_ROOT=$HVSD_CACHE/qemu/$(echo "$version" | tr ':+~' '___')
+        mkdir -p "$TREE_ROOT"
+        if [ -d "$TREE_ROOT/src/.git" ] \
+            || step "qemu: fetch Debian source qemu=$version" "$log" \
+                    fetch_debian_source "$version" "$TREE_ROOT/download" "$log" 2>/dev/null; then
+            if [ "$version" != "$DEBIAN_VERSION" ]; then
+                echo "note: qemu=$DEBIAN_VERSION could not be fetched; using fallback qemu=$version"
+            fi
+            if [ ! -d "$TREE_ROOT/src/.git" ]; then
+                step "qemu: unpack and commit base" "$log" \
+                    make_base_tree "$version" "$TREE_ROOT/src" "$log" "$TREE_ROOT/download"
+            fi
+            SOURCE_DESC="Debian qemu $version"
+            return 0
+        fi
+        rm -rf "$TREE_ROOT"
+        echo "warning: could not fetch Debian source qemu=$version" >&2
+    done
+    die "no QEMU source: tried Debian source packages qemu=$DEBIAN_VERSION and qemu=$FALLBACK_DEBIAN_VERSION (deb-src entries missing? run 'make setup' as root); see $log"
+}
+
+write_manifest() {
+    local binary=$1 hash=$2 version
+    version=$("$binary" --version | head -n1)
+    cat >"$HVSD_CACHE/qemu.json" <<JSON
+{
+  "binary": "$binary",
+  "base": "$SOURCE_DESC",
+  "series_hash": "$hash",
+  "series_length": $(series_patches | wc -l),
+  "version": "$version"
+}
+JSON
+}
+
+cmd_build() {
+    local log hash tree build
+    need_tool git ninja dpkg-source apt-get
+    [ -x "$PYTHON" ] || die "python $PYTHON not found (run 'make venv')"
+    mkdir -p "$HVSD_CACHE/logs"
+    log=$HVSD_CACHE/logs/qemu-build.log
+    : >"$log"
+    resolve_tree "$log"
+    tree=$TREE_ROOT/src
+    build=$TREE_ROOT/build
+    hash=$(series_hash)
+    if [ -x "$build/qemu-system-x86_64" ] && [ "$(cat "$TREE_ROOT/built-series" 2>/dev/null)" = "$hash" ]; then
+        write_manifest "$build/qemu-system-x86_64" "$hash"
+        echo "qemu: up to date ($SOURCE_DESC, series $hash)"
+        return 0
+    fi
+    if [ "$(cat "$TREE_ROOT/applied-series" 2>/dev/null)" != "$hash" ]; then
+        rm -f "$TREE_ROOT/applied-series"
+        printf 'qemu: apply series (%s patches) ... ' "$(series_patches | wc -l)"
+        apply_series "$tree" "$log"
+        echo "done"
+        echo "$hash" >"$TREE_ROOT/applied-series"
+    fi
+    step "qemu: configure" "$log" configure_tree "$tree" "$build" "$log"
+    step "qemu: build qemu-system-x86_64 (log: $log)" "$log" \
+        ninja -C "$build" qemu-system-x86_64
+    echo "$hash" >"$TREE_ROOT/built-series"
+    write_manifest "$build/qemu-system-x86_64" "$hash"
+    echo "qemu: $build/qemu-system-x86_64"
+}
+
+cmd_dev() {
+    local log
+    mkdir -p "$HVSD_CACHE/logs"
+    log=$HVSD_CACHE/logs/qemu-dev.log
+    : >"$log"
+    if [ -e "$DEV_TREE" ]; then
+        echo "qemu-dev: $DEV_TREE exists; leaving it alone (remove it to start over)"
+        return 0
+    fi
+    resolve_tree "$log"
+    "${GIT[@]}" -C "$TREE_ROOT/src" worktree prune
+    "${GIT[@]}" -C "$TREE_ROOT/src" worktree add -q -f -B hvsd-dev "$DEV_TREE" hvsd-base >>"$log" 2>&1 \
+        || die "git worktree add failed; see $log"
+    for patch in $(series_patches); do
+        "${GIT[@]}" -C "$DEV_TREE" am -q --3way "$PATCH_DIR/$patch" >>"$log" 2>&1 \
+            || die "patch $patch does not apply in $DEV_TREE; see $log"
+    done
+    echo "qemu-dev: $DEV_TREE (branch hvsd-dev, series as commits on tag hvsd-base)"
+    echo "qemu-dev: build with: (mkdir -p $DEV_TREE/build && cd $DEV_TREE/build && ../configure --python=$PYTHON ${CONFIGURE_FLAGS[*]}) && ninja -C $DEV_TREE/build qemu-system-x86_64"
+    echo "qemu-dev: test with: make test QEMU=$DEV_TREE/build/qemu-system-x86_64; export with: make qemu-export"
+}
+
+cmd_export() {
+    local patch
+    [ -e "$DEV_TREE/.git" ] || die "no $DEV_TREE; run 'make qemu-dev' first"
+    git -C "$DEV_TREE" diff --quiet HEAD || die "$DEV_TREE has uncommitted changes; commit them first"
+    for patch in $(series_patches); do
+        rm -f "$PATCH_DIR/$patch"
+    done
+    {
+        echo "# One patch file name per line, applied in order with git am."
+        git -C "$DEV_TREE" format-patch -q --no-signature --zero-commit -o "$PATCH_DIR" hvsd-base..HEAD \
+            | xargs -r -n1 basename
+    } >"$PATCH_DIR/series.new"
+    mv "$PATCH_DIR/series.new" "$PATCH_DIR/series"
+    echo "qemu-export: $(series_patches | wc -l) patches written to $PATCH_DIR"
+}
+
+# Compile checks of the patched tree with one accelerator left out each time,
+# then a build at every commit of the series (each patch must build on its own).
+cmd_check() {
+    local log variant build flag
+    local -a flags
+    cmd_build
+    log=$HVSD_CACHE/logs/qemu-check.log
+    : >"$log"
+    for variant in kvm tcg; do
+        build=$TREE_ROOT/build-no-$variant
+        flags=()
+        for flag in "${CONFIGURE_FLAGS[@]}"; do
+            [ "$flag" = "--enable-$variant" ] || flags+=("$flag")
+        done
+        flags+=("--disable-$variant")
+        if [ ! -f "$build/build.ninja" ]; then
+            mkdir -p "$build"
+            step "qemu: configure --disable-$variant" "$log" \
+                env -C "$build" "$TREE_ROOT/src/configure" --python="$PYTHON" "${flags[@]}"
+        fi
+        step "qemu: build --disable-$variant" "$log" ninja -C "$build" qemu-system-x86_64
+    done
+    check_each_patch "$log"
+}
+
+check_each_patch() {
+    local log=$1 tree=$TREE_ROOT/src n=0 total commit
+    total=$(series_patches | wc -l)
+    for commit in $(git -C "$tree" rev-list --reverse hvsd-base..HEAD); do
+        n=$((n + 1))
+        "${GIT[@]}" -C "$tree" checkout -q -f --detach "$commit" >>"$log" 2>&1
+        step "qemu: build patch $n/$total: $(git -C "$tree" log -1 --format=%s "$commit")" "$log" \
+            ninja -C "$TREE_ROOT/build" qemu-system-x86_64
+    done
+}
+
+case ${1:-build} in
+    build) cmd_build ;;
+    dev) cmd_dev ;;
+    export) cmd_export ;;
+    check) cmd_check ;;
+    *) die "usage: $0 build|dev|export|check" ;;
+esac
