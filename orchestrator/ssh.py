@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,11 @@ from pathlib import Path
 import paramiko
 
 from orchestrator.errors import HarnessError
+
+# Failed attempts while the guest boots are expected; paramiko reports them on
+# its transport logger, which goes here instead of to stderr.
+PARAMIKO_LOG_CHANNEL = "hvsd.guest.ssh"
+logging.getLogger(PARAMIKO_LOG_CHANNEL).addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -67,14 +73,29 @@ class Guest:
         self._log_hint = log_hint
         self._client: paramiko.SSHClient | None = None
 
-    def wait_ready(self, timeout: float, alive: Callable[[], None]) -> float:
-        """Retries until SSH answers (bounded by `timeout`); returns seconds waited."""
+    def wait_ready(
+        self,
+        timeout: float,
+        alive: Callable[[], None],
+        listening: Callable[[], bool] = lambda: True,
+    ) -> float:
+        """Retries until SSH answers (bounded by `timeout`); returns seconds waited.
+
+        QEMU's user network accepts a connection before the guest listens and
+        then holds it while its SYNs to the guest back off, which costs
+        seconds; so no attempt is made until `listening()` says sshd is up
+        (or a quarter of the timeout has passed without it saying so).
+        """
         start = time.monotonic()
         last_error = "no attempt"
         while time.monotonic() - start < timeout:
             alive()
+            elapsed = time.monotonic() - start
+            if not listening() and elapsed < timeout / 4:
+                time.sleep(0.05)
+                continue
             try:
-                self._client = self._connect(min(10.0, timeout))
+                self._client = self._connect(min(10.0, max(1.0, timeout - elapsed)))
                 return time.monotonic() - start
             except HostKeyMismatch as exc:
                 raise HarnessError(f"SSH refused: {exc}", self._log_hint) from None
@@ -83,8 +104,6 @@ class Guest:
                     f"SSH refused: the guest did not accept key {self.key}", self._log_hint
                 ) from None
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                # Before sshd listens, QEMU's user network accepts the TCP
-                # connection and then drops it: that is "not yet", not an error.
                 last_error = str(exc) or type(exc).__name__
                 time.sleep(0.2)
         raise HarnessError(
@@ -95,6 +114,7 @@ class Guest:
 
     def _connect(self, timeout: float) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
+        client.set_log_channel(PARAMIKO_LOG_CHANNEL)
         client.set_missing_host_key_policy(_PinnedHostKey(self._pinned))
         try:
             client.connect(

@@ -14,6 +14,7 @@ from types import TracebackType
 from orchestrator.accel import Accel, choose_accel
 from orchestrator.artifacts import GuestImage, QemuBuild, find_image, find_qemu, firmware_dirs
 from orchestrator.command import Launch, LaunchPaths, VmOptions, render
+from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
 from orchestrator.process import QemuProcess
 from orchestrator.qmp import Qmp
@@ -79,7 +80,7 @@ class Vm:
         self._process: QemuProcess | None = None
         self._qmp: Qmp | None = None
         self._guest: Guest | None = None
-        self._serial_checked = 0
+        self._console = ConsoleWatch(self.logs.serial)
 
     def __enter__(self) -> Vm:
         self.start()
@@ -129,7 +130,9 @@ class Vm:
                 self.logs.serial,
             )
             self._guest.wait_ready(
-                self.options.boot_timeout - (time.monotonic() - started), self._check_alive
+                self.options.boot_timeout - (time.monotonic() - started),
+                self._check_alive,
+                self._console.sshd_listening,
             )
             self.boot_seconds = time.monotonic() - started
         except BaseException:
@@ -152,6 +155,9 @@ class Vm:
                 firmware_dirs=firmware,
             )
             argv = render(launch)
+            # A serial log left by an earlier run would show a stale boot.
+            self.logs.serial.unlink(missing_ok=True)
+            self._console.mark()
             self.logs.cmdline.write_text(shlex.join(argv) + "\n")
             started = time.monotonic()
             self._process = QemuProcess(argv, self.logs.qemu)
@@ -170,28 +176,16 @@ class Vm:
     def _check_alive(self) -> None:
         if self._process is not None:
             self._process.check_running("before the guest was ready")
-        self._check_serial_for_panic()
-
-    def _check_serial_for_panic(self) -> None:
-        try:
-            with self.logs.serial.open("rb") as serial:
-                serial.seek(self._serial_checked)
-                chunk = serial.read()
-        except FileNotFoundError:
-            return
-        text = chunk.decode(errors="replace")
-        if "Kernel panic - " in text:
-            line = next(ln for ln in text.splitlines() if "Kernel panic - " in ln)
-            raise HarnessError(f"guest kernel panicked: {line.strip()}", self.logs.serial)
-        # Keep a partial last line for the next look.
-        self._serial_checked += max(0, len(chunk) - 200)
+        self._console.check_panic()
 
     def reboot(self) -> None:
         """system_reset over QMP, then wait until the guest answers SSH again."""
         self.guest.close()
-        self._serial_checked = self.logs.serial.stat().st_size
+        self._console.mark()
         self.qmp.reset()
-        self.guest.wait_ready(self.options.boot_timeout, self._check_alive)
+        self.guest.wait_ready(
+            self.options.boot_timeout, self._check_alive, self._console.sshd_listening
+        )
 
     def _stop_process(self) -> None:
         if self._qmp is not None:
