@@ -80,10 +80,13 @@ def _boot(config: pytest.Config, log_dir: Path, options: VmOptions, name: str) -
     if log_dir.exists():
         shutil.rmtree(log_dir)
     vm = Vm(log_dir, options, name=name)
+    failure = None
     try:
         vm.start()
     except HarnessError as exc:
-        pytest.fail(f"VM did not start: {exc}", pytrace=False)
+        failure = str(exc)
+    if failure is not None:
+        pytest.fail(f"VM did not start: {failure}", pytrace=False)
     config.stash[live_vms_key].vms[name] = vm
     return vm
 

@@ -175,6 +175,11 @@ class Guest:
             sftp.put(str(local), remote)
         self._record(CommandResult(f"put {local} -> {remote}", 0, "", "", 0.0))
 
+    def put_text(self, text: str, remote: str) -> None:
+        with self.client.open_sftp() as sftp, sftp.open(remote, "w") as out:
+            out.write(text)
+        self._record(CommandResult(f"put_text -> {remote} ({len(text)} chars)", 0, "", "", 0.0))
+
     def get(self, remote: str, local: Path) -> None:
         with self.client.open_sftp() as sftp:
             sftp.get(remote, str(local))
