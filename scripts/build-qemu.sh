@@ -220,7 +220,7 @@ cmd_export() {
     done
     {
         echo "# One patch file name per line, applied in order with git am."
-        git -C "$DEV_TREE" format-patch -q --no-signature --zero-commit -o "$PATCH_DIR" hvsd-base..HEAD \
+        git -C "$DEV_TREE" format-patch --no-signature --zero-commit -o "$PATCH_DIR" hvsd-base..HEAD \
             | xargs -r -n1 basename
     } >"$PATCH_DIR/series.new"
     mv "$PATCH_DIR/series.new" "$PATCH_DIR/series"
