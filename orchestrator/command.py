@@ -17,6 +17,13 @@ BASE_KERNEL_CMDLINE = (
 )
 
 
+# The Hyper-V enlightenments the series implements under TCG.
+HYPERV_CPU = "max,hv-relaxed,hv-vpindex,hv-synic"
+# An ISA device whose port 0x3000 lets the guest create SINT routes and
+# message/event connections that echo back what the guest sends.
+HYPERV_TESTDEV = ("-device", "hyperv-testdev")
+
+
 @dataclass(frozen=True)
 class VmOptions:
     """What a test may choose about its VM."""
@@ -28,6 +35,13 @@ class VmOptions:
     kernel_args: str = ""
     extra_args: tuple[str, ...] = ()
     boot_timeout: float = 120.0
+
+    @classmethod
+    def hyperv(cls, **overrides: object) -> VmOptions:
+        """A Hyper-V guest: the enlightenments and hyperv-testdev."""
+        fields: dict[str, object] = {"cpu": HYPERV_CPU, "extra_args": HYPERV_TESTDEV}
+        fields.update(overrides)
+        return cls(**fields)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm_options(**kw): VmOptions for the fresh_vm fixture")
+    config.addinivalue_line("markers", "hyperv: fresh_vm is a Hyper-V guest (VmOptions.hyperv)")
     config.stash[live_vms_key] = LiveVms()
     # pytest turns SIGINT into KeyboardInterrupt; do the same for SIGTERM so
     # fixture teardown (and with it QEMU's shutdown) runs.
@@ -91,13 +92,24 @@ def _boot(config: pytest.Config, log_dir: Path, options: VmOptions, name: str) -
     return vm
 
 
-@pytest.fixture(scope="session")
-def vm(pytestconfig: pytest.Config) -> Iterator[Vm]:
-    """A guest shared by the whole session (boot it once, keep it clean)."""
-    booted = _boot(pytestconfig, _log_root(pytestconfig) / "session-vm", VmOptions(), "session-vm")
+def _session_vm(config: pytest.Config, name: str, options: VmOptions) -> Iterator[Vm]:
+    booted = _boot(config, _log_root(config) / name, options, name)
     yield booted
     booted.stop()
-    pytestconfig.stash[live_vms_key].vms.pop("session-vm", None)
+    config.stash[live_vms_key].vms.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def vm(pytestconfig: pytest.Config) -> Iterator[Vm]:
+    """A plain guest (no Hyper-V) shared by the whole session; keep it clean."""
+    yield from _session_vm(pytestconfig, "session-vm", VmOptions())
+
+
+@pytest.fixture(scope="session")
+def hv_vm(pytestconfig: pytest.Config) -> Iterator[Vm]:
+    """A Hyper-V guest (hv-relaxed, hv-vpindex, hv-synic, hyperv-testdev)
+    shared by the whole session; tests undo what they set up."""
+    yield from _session_vm(pytestconfig, "session-hv-vm", VmOptions.hyperv())
 
 
 @pytest.fixture
@@ -105,6 +117,8 @@ def fresh_vm(request: pytest.FixtureRequest) -> Iterator[Vm]:
     """A guest of this test's own, with options from @pytest.mark.vm_options(...)."""
     marker = request.node.get_closest_marker("vm_options")
     options = VmOptions(**marker.kwargs) if marker else VmOptions()
+    if request.node.get_closest_marker("hyperv"):
+        options = VmOptions.hyperv(**(marker.kwargs if marker else {}))
     log_dir = _test_dir(request.config, request.node.nodeid) / "fresh-vm"
     booted = _boot(request.config, log_dir, options, f"fresh-vm-{id(request)}")
     yield booted
