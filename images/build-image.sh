@@ -4,6 +4,8 @@
 # disk, and an ext4 root disk made with mmdebstrap and mke2fs -d (no loop
 # mounts). The output lands in the cache under a key hashed from every input;
 # the same inputs twice build nothing. Writes image.json for the orchestrator.
+# The in-guest probe (guest-tests/probe: a kernel module built against those
+# headers, and its command-line tool) is built and installed into the image.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/../scripts/lib.sh"
@@ -12,7 +14,8 @@ IMAGE_DIR=$PROJECT_ROOT/images
 # shellcheck source=images/image.conf
 . "$IMAGE_DIR/image.conf"
 
-need_tool apt-cache apt-get dpkg-deb mmdebstrap mke2fs cpio ssh-keygen sha256sum
+need_tool apt-cache apt-get dpkg-deb mmdebstrap mke2fs cpio ssh-keygen sha256sum make gcc
+PROBE_DIR=$PROJECT_ROOT/$PROBE_SOURCE_DIR
 mkdir -p "$HVSD_CACHE/logs" "$HVSD_CACHE/image"
 LOG=$HVSD_CACHE/logs/image-build.log
 : >"$LOG"
@@ -24,9 +27,16 @@ kernel_package=$(apt-cache depends "linux-image-$KERNEL_FLAVOUR" 2>/dev/null \
 kernel_release=${kernel_package#linux-image-}
 kernel_version=$(apt-cache policy "$kernel_package" | awk '/Candidate:/ {print $2}')
 
+# The probe's sources only: not what a developer's build leaves beside them.
+probe_sources() {
+    find "$PROBE_DIR" -maxdepth 1 -type f \( -name '*.c' -o -name '*.h' -o -name Kbuild \
+        -o -name Makefile \) ! -name '*.mod.c' -print0 | sort -z
+}
+
 key=$( {
     echo "$kernel_package $kernel_version"
     find "$IMAGE_DIR" -type f -print0 | sort -z | xargs -0 sha256sum | sed "s|$IMAGE_DIR/||"
+    probe_sources | xargs -0 sha256sum | sed "s|$PROJECT_ROOT/||"
 } | sha256sum | cut -c1-16)
 OUT=$HVSD_CACHE/image/$key
 
@@ -103,6 +113,20 @@ configure_rootfs() {
     busybox depmod -b "$root" "$kernel_release"
 }
 
+build_probe() {
+    local root=$STAGE/rootfs build=$STAGE/probe
+    local kdir=$STAGE/headers/usr/src/linux-headers-$kernel_release common
+    # The headers' Makefile already names the common tree in $OUT, where it
+    # is not yet: hand make the staged copy of that Makefile instead.
+    common=$(sed -n 's|^include .*/usr/src/||p' "$kdir/Makefile")
+    mkdir -p "$build"
+    probe_sources | xargs -0 cp -t "$build"
+    make -C "$build" KDIR="$kdir" KMAKEFILE="$STAGE/headers/usr/src/$common" all
+    install -D -m 644 "$build/hvprobe.ko" "$root/lib/modules/$kernel_release/extra/hvprobe.ko"
+    install -D -m 755 "$build/hvprobe" "$root/usr/local/bin/hvprobe"
+    busybox depmod -b "$root" "$kernel_release"
+}
+
 make_initramfs() {
     local root=$STAGE/initramfs module path
     mkdir -p "$root"/{bin,dev,proc,newroot,etc,lib/modules/"$kernel_release"}
@@ -127,6 +151,7 @@ make_disk() {
 step "image: fetch kernel $kernel_package $kernel_version and headers" "$LOG" fetch_kernel
 step "image: mmdebstrap $SUITE ($ROOTFS_PACKAGES)" "$LOG" make_rootfs
 step "image: configure rootfs" "$LOG" configure_rootfs
+step "image: build and install the probe (hvprobe.ko, hvprobe)" "$LOG" build_probe
 step "image: initramfs" "$LOG" make_initramfs
 step "image: ext4 root disk" "$LOG" make_disk
 

@@ -1,0 +1,1011 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hvprobe: the command-line face of /dev/hvprobe. One call, one JSON object
+ * on stdout. Exit status: 0 when the call was carried out (even if it
+ * reported #GP or #UD), 1 when the module refused it, 2 on bad usage, 3 when
+ * the module is not loaded. See guest-tests/README.md for every command.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/io.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "hvprobe_abi.h"
+
+#define EXIT_REFUSED	1
+#define EXIT_USAGE	2
+#define EXIT_NO_MODULE	3
+
+#define SIEF_FLAGS_PER_SLOT (HVPROBE_SLOT_BYTES * 8)
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *const usage_text =
+	"usage: hvprobe COMMAND [OPTIONS]\n"
+	"  info\n"
+	"  cpuid [--cpu N] LEAF [SUBLEAF]\n"
+	"  rdmsr [--cpu N] MSR\n"
+	"  wrmsr [--cpu N] MSR VALUE\n"
+	"  synic-setup [--cpu N] [--no-scontrol] [--no-sief] [--no-sim]\n"
+	"  synic-teardown [--cpu N]\n"
+	"  sint [--cpu N] --sint S (--vector V [--masked] [--auto-eoi] [--polling] | --raw VALUE)\n"
+	"  hypercall [--cpu N] --control C [--fast] [--input HEX] [--in-offset O]\n"
+	"            [--out-offset O] [--in-gpa G] [--out-gpa G] [--out-len N]\n"
+	"            [--out-fill B] [--xmm HEX]... [--insn vmcall|vmmcall|page] [--user]\n"
+	"  sief [--cpu N] --sint S [--clear]\n"
+	"  sim [--cpu N] --sint S [--clear]\n"
+	"  irqs [--cpu N] [--vector V]\n"
+	"  ipi [--from N] [--cpu N] --vector V\n"
+	"  pages [--cpu N]\n"
+	"  outl [--cpu N] PORT VALUE\n"
+	"  inl [--cpu N] PORT\n";
+
+/* Output. */
+
+static void json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
+static void json_hex(const uint8_t *bytes, size_t len)
+{
+	size_t i;
+
+	putchar('"');
+	for (i = 0; i < len; i++)
+		printf("%02x", bytes[i]);
+	putchar('"');
+}
+
+static void json_u64(uint64_t v)
+{
+	printf("%" PRIu64, v);
+}
+
+static void json_bool(bool v)
+{
+	fputs(v ? "true" : "false", stdout);
+}
+
+static int fail(int status, const char *fmt, ...)
+{
+	char message[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	fputs("{\"error\": ", stdout);
+	json_string(message);
+	fputs("}\n", stdout);
+	return status;
+}
+
+static int usage_error(const char *what)
+{
+	return fail(EXIT_USAGE, "%s", what);
+}
+
+/* No command, or one it does not know: the full usage goes to stderr too. */
+static int command_error(const char *what)
+{
+	fputs(usage_text, stderr);
+	return usage_error(what);
+}
+
+/* Parsing. */
+
+/* Decimal, or hexadecimal after 0x; nothing else (no sign, no octal). */
+static bool parse_u64(const char *text, uint64_t max, uint64_t *out)
+{
+	unsigned long long v;
+	int base = 10;
+	char *end;
+
+	if (!text)
+		return false;
+	if (text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) {
+		text += 2;
+		base = 16;
+	}
+	if (!isxdigit((unsigned char)text[0]))
+		return false;
+	errno = 0;
+	v = strtoull(text, &end, base);
+	if (errno || *end || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+static bool parse_u32(const char *text, uint32_t max, uint32_t *out)
+{
+	uint64_t v;
+
+	if (!parse_u64(text, max, &v))
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Hex text to at most @max bytes; returns the count, or -1. */
+static int parse_hex(const char *text, uint8_t *out, size_t max)
+{
+	size_t len = strlen(text), i;
+
+	if (len % 2 || len / 2 > max)
+		return -1;
+	for (i = 0; i < len / 2; i++) {
+		int hi = hex_digit(text[2 * i]), lo = hex_digit(text[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return -1;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return (int)(len / 2);
+}
+
+/* Options every command may take; each command reads the ones it knows. */
+struct opts {
+	uint32_t cpu, from, sint, vector;
+	bool has_cpu, has_from, has_sint, has_vector;
+	bool masked, auto_eoi, polling, clear, fast, user;
+	bool no_scontrol, no_sief, no_sim;
+	bool has_raw, has_control, has_in_gpa, has_out_gpa;
+	uint64_t raw, control, in_gpa, out_gpa;
+	uint32_t in_offset, out_offset, out_len, out_fill, insn;
+	uint8_t input[HVPROBE_IO_MAX];
+	int input_len;
+	uint8_t xmm[HVPROBE_XMM_REGS][HVPROBE_XMM_BYTES];
+	int xmm_count;
+	const char *bad;	/* the option whose value did not parse */
+	char *const *args;	/* positional arguments */
+	int nargs;
+};
+
+enum {
+	OPT_CPU = 256, OPT_FROM, OPT_SINT, OPT_VECTOR, OPT_MASKED, OPT_AUTO_EOI,
+	OPT_POLLING, OPT_CLEAR, OPT_FAST, OPT_USER, OPT_NO_SCONTROL, OPT_NO_SIEF,
+	OPT_NO_SIM, OPT_RAW, OPT_CONTROL, OPT_IN_GPA, OPT_OUT_GPA, OPT_IN_OFFSET,
+	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
+};
+
+static const struct option long_options[] = {
+	{ "cpu", required_argument, NULL, OPT_CPU },
+	{ "from", required_argument, NULL, OPT_FROM },
+	{ "sint", required_argument, NULL, OPT_SINT },
+	{ "vector", required_argument, NULL, OPT_VECTOR },
+	{ "masked", no_argument, NULL, OPT_MASKED },
+	{ "auto-eoi", no_argument, NULL, OPT_AUTO_EOI },
+	{ "polling", no_argument, NULL, OPT_POLLING },
+	{ "clear", no_argument, NULL, OPT_CLEAR },
+	{ "fast", no_argument, NULL, OPT_FAST },
+	{ "user", no_argument, NULL, OPT_USER },
+	{ "no-scontrol", no_argument, NULL, OPT_NO_SCONTROL },
+	{ "no-sief", no_argument, NULL, OPT_NO_SIEF },
+	{ "no-sim", no_argument, NULL, OPT_NO_SIM },
+	{ "raw", required_argument, NULL, OPT_RAW },
+	{ "control", required_argument, NULL, OPT_CONTROL },
+	{ "in-gpa", required_argument, NULL, OPT_IN_GPA },
+	{ "out-gpa", required_argument, NULL, OPT_OUT_GPA },
+	{ "in-offset", required_argument, NULL, OPT_IN_OFFSET },
+	{ "out-offset", required_argument, NULL, OPT_OUT_OFFSET },
+	{ "out-len", required_argument, NULL, OPT_OUT_LEN },
+	{ "out-fill", required_argument, NULL, OPT_OUT_FILL },
+	{ "insn", required_argument, NULL, OPT_INSN },
+	{ "input", required_argument, NULL, OPT_INPUT },
+	{ "xmm", required_argument, NULL, OPT_XMM },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const char *const insn_names[] = { "vmcall", "vmmcall", "page" };
+
+static bool parse_insn(const char *text, uint32_t *insn)
+{
+	uint32_t i;
+
+	for (i = 0; i < ARRAY_SIZE(insn_names); i++) {
+		if (!strcmp(text, insn_names[i])) {
+			*insn = i;
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool parse_xmm(struct opts *o, const char *text)
+{
+	if (o->xmm_count >= HVPROBE_XMM_REGS)
+		return false;
+	return parse_hex(text, o->xmm[o->xmm_count++], HVPROBE_XMM_BYTES) >= 0;
+}
+
+/* Applies one option; false when its value does not parse. */
+static bool apply_option(struct opts *o, int opt, const char *arg)
+{
+	switch (opt) {
+	case OPT_CPU:
+		return (o->has_cpu = parse_u32(arg, UINT32_MAX, &o->cpu));
+	case OPT_FROM:
+		return (o->has_from = parse_u32(arg, UINT32_MAX, &o->from));
+	case OPT_SINT:
+		return (o->has_sint = parse_u32(arg, UINT32_MAX, &o->sint));
+	case OPT_VECTOR:
+		return (o->has_vector = parse_u32(arg, 255, &o->vector));
+	case OPT_MASKED:
+		return (o->masked = true);
+	case OPT_AUTO_EOI:
+		return (o->auto_eoi = true);
+	case OPT_POLLING:
+		return (o->polling = true);
+	case OPT_CLEAR:
+		return (o->clear = true);
+	case OPT_FAST:
+		return (o->fast = true);
+	case OPT_USER:
+		return (o->user = true);
+	case OPT_NO_SCONTROL:
+		return (o->no_scontrol = true);
+	case OPT_NO_SIEF:
+		return (o->no_sief = true);
+	case OPT_NO_SIM:
+		return (o->no_sim = true);
+	case OPT_RAW:
+		return (o->has_raw = parse_u64(arg, UINT64_MAX, &o->raw));
+	case OPT_CONTROL:
+		return (o->has_control = parse_u64(arg, UINT64_MAX, &o->control));
+	case OPT_IN_GPA:
+		return (o->has_in_gpa = parse_u64(arg, UINT64_MAX, &o->in_gpa));
+	case OPT_OUT_GPA:
+		return (o->has_out_gpa = parse_u64(arg, UINT64_MAX, &o->out_gpa));
+	case OPT_IN_OFFSET:
+		return parse_u32(arg, UINT32_MAX, &o->in_offset);
+	case OPT_OUT_OFFSET:
+		return parse_u32(arg, UINT32_MAX, &o->out_offset);
+	case OPT_OUT_LEN:
+		return parse_u32(arg, HVPROBE_IO_MAX, &o->out_len);
+	case OPT_OUT_FILL:
+		return parse_u32(arg, 255, &o->out_fill);
+	case OPT_INSN:
+		return parse_insn(arg, &o->insn);
+	case OPT_INPUT:
+		o->input_len = parse_hex(arg, o->input, HVPROBE_IO_MAX);
+		return o->input_len >= 0;
+	case OPT_XMM:
+		return parse_xmm(o, arg);
+	default:
+		return false;
+	}
+}
+
+/* Returns 0, or the exit status of a usage error already printed. */
+static int parse_options(int argc, char **argv, struct opts *o)
+{
+	int opt, index;
+
+	memset(o, 0, sizeof(*o));
+	o->out_offset = HVPROBE_BUF_BYTES / 2;
+	o->out_len = 64;
+	o->out_fill = 0xaa;
+	opterr = 0;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "", long_options, &index)) != -1) {
+		if (opt == '?')
+			return usage_error("unknown option or missing value");
+		if (!apply_option(o, opt, optarg)) {
+			char what[96];
+
+			snprintf(what, sizeof(what), "bad value for --%s",
+				 long_options[index].name);
+			return usage_error(what);
+		}
+	}
+	o->args = argv + optind;
+	o->nargs = argc - optind;
+	return 0;
+}
+
+/* The device. */
+
+static int device_fd(void)
+{
+	static int fd = -1;
+
+	if (fd < 0)
+		fd = open(HVPROBE_DEVICE, O_RDWR | O_CLOEXEC);
+	return fd;
+}
+
+/* What the module means by each error it returns. */
+static const char *errno_hint(int err)
+{
+	switch (err) {
+	case EINVAL:
+		return "a CPU that is not online, or a value out of range";
+	case ENXIO:
+		return "that CPU has no SynIC pages: run synic-setup first";
+	case ENODEV:
+		return "the kernel set up no hypercall page, or the CPU went offline";
+	default:
+		return NULL;
+	}
+}
+
+/* Runs one ioctl; returns 0, or the exit status of the error printed. */
+static int call(unsigned long request, void *arg, const char *what)
+{
+	int fd = device_fd();
+
+	if (fd < 0) {
+		if (errno == ENOENT || errno == ENXIO || errno == ENODEV)
+			return fail(EXIT_NO_MODULE, "%s: %s (is the hvprobe module loaded?)",
+				    HVPROBE_DEVICE, strerror(errno));
+		return fail(EXIT_NO_MODULE, "%s: %s", HVPROBE_DEVICE, strerror(errno));
+	}
+	if (ioctl(fd, request, arg) < 0) {
+		int err = errno;
+		const char *hint = errno_hint(err);
+
+		if (hint)
+			return fail(EXIT_REFUSED, "%s: %s (%s)", what, strerror(err), hint);
+		return fail(EXIT_REFUSED, "%s: %s", what, strerror(err));
+	}
+	return 0;
+}
+
+/* Commands. */
+
+static bool cpu_online_in(const struct hvprobe_info *info, uint32_t cpu)
+{
+	return cpu < HVPROBE_ONLINE_WORDS * 64 && info->online[cpu / 64] & (1ULL << (cpu % 64));
+}
+
+static int cmd_info(struct opts *o)
+{
+	struct hvprobe_info info;
+	bool first = true;
+	unsigned int cpu;
+	int rc;
+
+	if (o->nargs)
+		return usage_error("info takes no arguments");
+	rc = call(HVPROBE_IOC_INFO, &info, "info");
+	if (rc)
+		return rc;
+	printf("{\"abi\": %u, \"nr_cpu_ids\": %u, \"online_cpus\": [", info.abi_version,
+	       info.nr_cpu_ids);
+	for (cpu = 0; cpu < HVPROBE_ONLINE_WORDS * 64; cpu++) {
+		if (cpu_online_in(&info, cpu)) {
+			printf("%s%u", first ? "" : ", ", cpu);
+			first = false;
+		}
+	}
+	fputs("], \"hypercall_page\": ", stdout);
+	json_bool(info.hypercall_page);
+	fputs(", \"x2apic\": ", stdout);
+	json_bool(info.x2apic);
+	fputs(", \"irq_probes\": [", stdout);
+	printf("%s", info.irq_probes & HVPROBE_PROBE_COMMON ? "\"__common_interrupt\"" : "");
+	printf("%s", (info.irq_probes & HVPROBE_PROBE_COMMON) &&
+		     (info.irq_probes & HVPROBE_PROBE_SPURIOUS) ? ", " : "");
+	printf("%s", info.irq_probes & HVPROBE_PROBE_SPURIOUS ? "\"__spurious_interrupt\"" : "");
+	fputs("]}\n", stdout);
+	return 0;
+}
+
+static int cmd_cpuid(struct opts *o)
+{
+	struct hvprobe_cpuid c = { .cpu = o->cpu };
+	int rc;
+
+	if (o->nargs < 1 || o->nargs > 2 || !parse_u32(o->args[0], UINT32_MAX, &c.leaf) ||
+	    (o->nargs == 2 && !parse_u32(o->args[1], UINT32_MAX, &c.subleaf)))
+		return usage_error("cpuid takes LEAF [SUBLEAF]");
+	rc = call(HVPROBE_IOC_CPUID, &c, "cpuid");
+	if (rc)
+		return rc;
+	printf("{\"cpu\": %u, \"leaf\": %u, \"subleaf\": %u, ", c.cpu, c.leaf, c.subleaf);
+	printf("\"eax\": %u, \"ebx\": %u, \"ecx\": %u, \"edx\": %u}\n", c.eax, c.ebx, c.ecx, c.edx);
+	return 0;
+}
+
+static void print_msr(const struct hvprobe_msr *m)
+{
+	printf("{\"cpu\": %u, \"msr\": %u, \"value\": ", m->cpu, m->msr);
+	json_u64(m->value);
+	fputs(", \"gp\": ", stdout);
+	json_bool(m->gp);
+	fputs("}\n", stdout);
+}
+
+static int cmd_rdmsr(struct opts *o)
+{
+	struct hvprobe_msr m = { .cpu = o->cpu };
+	int rc;
+
+	if (o->nargs != 1 || !parse_u32(o->args[0], UINT32_MAX, &m.msr))
+		return usage_error("rdmsr takes MSR");
+	rc = call(HVPROBE_IOC_RDMSR, &m, "rdmsr");
+	if (!rc)
+		print_msr(&m);
+	return rc;
+}
+
+static int cmd_wrmsr(struct opts *o)
+{
+	struct hvprobe_msr m = { .cpu = o->cpu };
+	uint64_t value;
+	int rc;
+
+	if (o->nargs != 2 || !parse_u32(o->args[0], UINT32_MAX, &m.msr) ||
+	    !parse_u64(o->args[1], UINT64_MAX, &value))
+		return usage_error("wrmsr takes MSR VALUE");
+	m.value = value;
+	rc = call(HVPROBE_IOC_WRMSR, &m, "wrmsr");
+	if (!rc)
+		print_msr(&m);
+	return rc;
+}
+
+static void print_faults(uint32_t faults)
+{
+	static const char *const names[] = { "scontrol", "siefp", "simp" };
+	bool first = true;
+	unsigned int bit;
+
+	fputs("\"faults\": [", stdout);
+	for (bit = 0; bit < 3 + HVPROBE_SINTS; bit++) {
+		if (!(faults & (1U << bit)))
+			continue;
+		if (bit < 3)
+			printf("%s\"%s\"", first ? "" : ", ", names[bit]);
+		else
+			printf("%s\"sint%u\"", first ? "" : ", ", bit - 3);
+		first = false;
+	}
+	putchar(']');
+}
+
+static void print_synic(const struct hvprobe_synic *s)
+{
+	printf("{\"cpu\": %u, \"sief_gpa\": ", s->cpu);
+	json_u64(s->sief_gpa);
+	fputs(", \"sim_gpa\": ", stdout);
+	json_u64(s->sim_gpa);
+	fputs(", \"scontrol\": ", stdout);
+	json_u64(s->scontrol);
+	fputs(", \"siefp\": ", stdout);
+	json_u64(s->siefp);
+	fputs(", \"simp\": ", stdout);
+	json_u64(s->simp);
+	fputs(", ", stdout);
+	print_faults(s->faults);
+	fputs("}\n", stdout);
+}
+
+static int cmd_synic_setup(struct opts *o)
+{
+	struct hvprobe_synic s = { .cpu = o->cpu };
+	int rc;
+
+	if (o->nargs)
+		return usage_error("synic-setup takes no arguments");
+	s.flags = (o->no_scontrol ? HVPROBE_SYNIC_NO_SCONTROL : 0) |
+		  (o->no_sief ? HVPROBE_SYNIC_NO_SIEF : 0) |
+		  (o->no_sim ? HVPROBE_SYNIC_NO_SIM : 0);
+	rc = call(HVPROBE_IOC_SYNIC_SETUP, &s, "synic-setup");
+	if (!rc)
+		print_synic(&s);
+	return rc;
+}
+
+static int cmd_synic_teardown(struct opts *o)
+{
+	struct hvprobe_synic s = { .cpu = o->cpu };
+	int rc;
+
+	if (o->nargs)
+		return usage_error("synic-teardown takes no arguments");
+	rc = call(HVPROBE_IOC_SYNIC_TEARDOWN, &s, "synic-teardown");
+	if (!rc)
+		print_synic(&s);
+	return rc;
+}
+
+static int cmd_sint(struct opts *o)
+{
+	struct hvprobe_sint s = { .cpu = o->cpu, .sint = o->sint };
+	int rc;
+
+	if (o->nargs || !o->has_sint || o->has_raw == o->has_vector)
+		return usage_error("sint takes --sint S and one of --vector V, --raw VALUE");
+	if (o->has_raw && (o->masked || o->auto_eoi || o->polling))
+		return usage_error("--raw excludes --masked, --auto-eoi and --polling");
+	s.value = o->has_raw ? o->raw : o->vector |
+		  (o->masked ? HVPROBE_SINT_MASKED : 0) |
+		  (o->auto_eoi ? HVPROBE_SINT_AUTO_EOI : 0) |
+		  (o->polling ? HVPROBE_SINT_POLLING : 0);
+	rc = call(HVPROBE_IOC_SINT, &s, "sint");
+	if (rc)
+		return rc;
+	printf("{\"cpu\": %u, \"sint\": %u, \"value\": ", s.cpu, s.sint);
+	json_u64(s.value);
+	fputs(", \"gp\": ", stdout);
+	json_bool(s.gp);
+	fputs("}\n", stdout);
+	return 0;
+}
+
+static void print_sief_flags(const uint8_t *data)
+{
+	bool first = true;
+	unsigned int n;
+
+	fputs("\"flags\": [", stdout);
+	for (n = 0; n < SIEF_FLAGS_PER_SLOT; n++) {
+		if (data[n / 8] & (1U << (n % 8))) {
+			printf("%s%u", first ? "" : ", ", n);
+			first = false;
+		}
+	}
+	putchar(']');
+}
+
+static void print_sim_header(const uint8_t *data)
+{
+	uint32_t type;
+
+	memcpy(&type, data, sizeof(type));
+	printf("\"message_type\": %u, \"payload_size\": %u, \"message_flags\": %u",
+	       type, data[4], data[5]);
+}
+
+static int cmd_slot(struct opts *o, uint32_t page)
+{
+	struct hvprobe_slot s = { .cpu = o->cpu, .sint = o->sint, .page = page };
+	int rc;
+
+	if (o->nargs || !o->has_sint)
+		return usage_error("sief and sim take --sint S");
+	s.clear = o->clear;
+	rc = call(HVPROBE_IOC_SLOT, &s, page == HVPROBE_SLOT_SIEF ? "sief" : "sim");
+	if (rc)
+		return rc;
+	printf("{\"cpu\": %u, \"sint\": %u, \"cleared\": ", s.cpu, s.sint);
+	json_bool(s.clear);
+	fputs(", \"bytes\": ", stdout);
+	json_hex(s.data, sizeof(s.data));
+	fputs(", ", stdout);
+	if (page == HVPROBE_SLOT_SIEF)
+		print_sief_flags(s.data);
+	else
+		print_sim_header(s.data);
+	fputs("}\n", stdout);
+	return 0;
+}
+
+static int cmd_sief(struct opts *o)
+{
+	return cmd_slot(o, HVPROBE_SLOT_SIEF);
+}
+
+static int cmd_sim(struct opts *o)
+{
+	return cmd_slot(o, HVPROBE_SLOT_SIM);
+}
+
+static int cmd_pages(struct opts *o)
+{
+	struct hvprobe_pages p = { .cpu = o->cpu };
+	int rc;
+
+	if (o->nargs)
+		return usage_error("pages takes no arguments");
+	rc = call(HVPROBE_IOC_PAGES, &p, "pages");
+	if (rc)
+		return rc;
+	printf("{\"cpu\": %u, \"synic\": ", p.cpu);
+	json_bool(p.synic);
+	fputs(", \"sief_gpa\": ", stdout);
+	if (p.synic)
+		json_u64(p.sief_gpa);
+	else
+		fputs("null", stdout);
+	fputs(", \"sim_gpa\": ", stdout);
+	if (p.synic)
+		json_u64(p.sim_gpa);
+	else
+		fputs("null", stdout);
+	fputs(", \"buffer_gpa\": ", stdout);
+	json_u64(p.buffer_gpa);
+	printf(", \"buffer_bytes\": %u}\n", p.buffer_bytes);
+	return 0;
+}
+
+/* One CPU's counts ("cpu": {...}): every non-zero one, or just the vector asked for. */
+static void print_cpu_irqs(const struct hvprobe_irqs *q, const struct opts *o, bool first)
+{
+	bool first_vector = true;
+	unsigned int v;
+
+	printf("%s\"%u\": {", first ? "" : ", ", q->cpu);
+	for (v = 0; v < HVPROBE_VECTORS; v++) {
+		if (o->has_vector ? v != o->vector : !q->counts[v])
+			continue;
+		printf("%s\"%u\": ", first_vector ? "" : ", ", v);
+		json_u64(q->counts[v]);
+		first_vector = false;
+	}
+	putchar('}');
+}
+
+static int cmd_irqs(struct opts *o)
+{
+	struct hvprobe_irqs q = { .cpu = o->cpu };
+	struct hvprobe_info info;
+	bool first = true;
+	uint32_t cpu;
+	int rc;
+
+	if (o->nargs)
+		return usage_error("irqs takes no arguments");
+	if (o->has_cpu) {
+		rc = call(HVPROBE_IOC_IRQS, &q, "irqs");
+		if (rc)
+			return rc;
+		fputs("{\"irqs\": {", stdout);
+		print_cpu_irqs(&q, o, true);
+		fputs("}}\n", stdout);
+		return 0;
+	}
+	rc = call(HVPROBE_IOC_INFO, &info, "info");
+	if (rc)
+		return rc;
+	fputs("{\"irqs\": {", stdout);
+	for (cpu = 0; cpu < info.nr_cpu_ids; cpu++) {
+		q.cpu = cpu;
+		if (!cpu_online_in(&info, cpu) || ioctl(device_fd(), HVPROBE_IOC_IRQS, &q) < 0)
+			continue;
+		print_cpu_irqs(&q, o, first);
+		first = false;
+	}
+	fputs("}}\n", stdout);
+	return 0;
+}
+
+static int cmd_ipi(struct opts *o)
+{
+	struct hvprobe_ipi ipi = { .from_cpu = o->from, .to_cpu = o->cpu };
+	int rc;
+
+	if (o->nargs || !o->has_vector)
+		return usage_error("ipi takes --vector V");
+	ipi.vector = o->vector;
+	rc = call(HVPROBE_IOC_IPI, &ipi, "ipi");
+	if (!rc)
+		printf("{\"from\": %u, \"cpu\": %u, \"vector\": %u}\n", ipi.from_cpu,
+		       ipi.to_cpu, ipi.vector);
+	return rc;
+}
+
+/* Hypercalls. */
+
+struct hcall_result {
+	const char *mode;
+	const char *signal;	/* user mode: the signal that stopped it */
+	int trap;		/* -1, or the exception vector */
+	uint64_t rax, rdx, r8;
+	const uint8_t *output;	/* NULL when there is none */
+	uint32_t output_len;
+	uint64_t output_gpa;
+	uint8_t (*xmm)[HVPROBE_XMM_BYTES];	/* NULL when not loaded */
+};
+
+static void json_opt_u64(bool present, uint64_t v)
+{
+	if (present)
+		json_u64(v);
+	else
+		fputs("null", stdout);
+}
+
+static void print_hcall_xmm(uint8_t (*xmm)[HVPROBE_XMM_BYTES])
+{
+	int i;
+
+	if (!xmm) {
+		fputs("null", stdout);
+		return;
+	}
+	putchar('[');
+	for (i = 0; i < HVPROBE_XMM_REGS; i++) {
+		fputs(i ? ", " : "", stdout);
+		json_hex(xmm[i], HVPROBE_XMM_BYTES);
+	}
+	putchar(']');
+}
+
+static void print_hcall(const struct opts *o, const struct hcall_result *r)
+{
+	bool done = r->trap < 0;
+
+	printf("{\"cpu\": %u, \"mode\": \"%s\", \"insn\": \"%s\", \"control\": ", o->cpu,
+	       r->mode, insn_names[o->insn]);
+	json_u64(o->control);
+	fputs(", \"fast\": ", stdout);
+	json_bool(o->fast);
+	fputs(", \"rdx\": ", stdout);
+	json_u64(r->rdx);
+	fputs(", \"r8\": ", stdout);
+	json_u64(r->r8);
+	fputs(", \"ud\": ", stdout);
+	json_bool(r->trap == 6);
+	fputs(", \"trap\": ", stdout);
+	json_opt_u64(!done, (uint64_t)r->trap);
+	fputs(", \"signal\": ", stdout);
+	if (r->signal)
+		json_string(r->signal);
+	else
+		fputs("null", stdout);
+	fputs(", \"rax\": ", stdout);
+	json_opt_u64(done, r->rax);
+	fputs(", \"status\": ", stdout);
+	json_opt_u64(done, r->rax & 0xffff);
+	fputs(", \"reps_completed\": ", stdout);
+	json_opt_u64(done, (r->rax >> 32) & 0xfff);
+	fputs(", \"output_gpa\": ", stdout);
+	json_opt_u64(r->output, r->output_gpa);
+	fputs(", \"output\": ", stdout);
+	if (r->output)
+		json_hex(r->output, r->output_len);
+	else
+		fputs("null", stdout);
+	fputs(", \"xmm\": ", stdout);
+	print_hcall_xmm(r->xmm);
+	fputs("}\n", stdout);
+}
+
+static void fast_registers(const struct opts *o, uint64_t *rdx, uint64_t *r8)
+{
+	uint8_t block[16] = { 0 };
+
+	memcpy(block, o->input, (size_t)o->input_len);
+	memcpy(rdx, block, sizeof(*rdx));
+	memcpy(r8, block + 8, sizeof(*r8));
+}
+
+static int hcall_kernel(const struct opts *o)
+{
+	struct hvprobe_hypercall hc;
+	struct hcall_result r = { .mode = "kernel" };
+	uint64_t rdx, r8;
+	int rc;
+
+	memset(&hc, 0, sizeof(hc));
+	hc.cpu = o->cpu;
+	hc.insn = o->insn;
+	hc.control = o->control;
+	hc.in_offset = o->in_offset;
+	hc.out_offset = o->out_offset;
+	hc.out_len = o->out_len;
+	hc.out_fill = o->out_fill;
+	if (o->fast) {
+		hc.flags = HVPROBE_HC_FAST;
+		fast_registers(o, &rdx, &r8);
+		hc.rdx = rdx;
+		hc.r8 = r8;
+		memcpy(hc.xmm_in, o->xmm, sizeof(hc.xmm_in));
+	} else {
+		hc.in_len = (uint32_t)o->input_len;
+		memcpy(hc.input, o->input, hc.in_len);
+		hc.flags = (o->has_in_gpa ? HVPROBE_HC_IN_GPA : 0) |
+			   (o->has_out_gpa ? HVPROBE_HC_OUT_GPA : 0);
+		hc.in_gpa = o->in_gpa;
+		hc.out_gpa = o->out_gpa;
+	}
+	rc = call(HVPROBE_IOC_HYPERCALL, &hc, "hypercall");
+	if (rc)
+		return rc;
+	r.trap = hc.trap;
+	r.rax = hc.rax;
+	r.rdx = hc.used_rdx;
+	r.r8 = hc.used_r8;
+	r.output = hc.output_len ? hc.output : NULL;
+	r.output_len = hc.output_len;
+	r.output_gpa = hc.output_gpa;
+	r.xmm = o->fast ? hc.xmm_out : NULL;
+	print_hcall(o, &r);
+	return 0;
+}
+
+/*
+ * User mode: the instruction at CPL 3 in this process; a fault is a signal.
+ * The handler jumps back out of it, so these two must be globals.
+ */
+static sigjmp_buf user_fault_jump;
+static volatile sig_atomic_t user_fault_signal;
+
+static void on_user_fault(int signal)
+{
+	user_fault_signal = signal;
+	siglongjmp(user_fault_jump, 1);
+}
+
+static uint64_t user_instruction(uint32_t insn, uint64_t rcx, uint64_t rdx, uint64_t r8_in)
+{
+	register uint64_t r8 __asm__("r8") = r8_in;
+	uint64_t rax = 0;
+
+	if (insn == HVPROBE_INSN_VMMCALL)
+		__asm__ volatile("vmmcall"
+				 : "+a"(rax), "+c"(rcx), "+d"(rdx), "+r"(r8) : : "cc", "memory");
+	else
+		__asm__ volatile("vmcall"
+				 : "+a"(rax), "+c"(rcx), "+d"(rdx), "+r"(r8) : : "cc", "memory");
+	return rax;
+}
+
+static int pin_to_cpu(uint32_t cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	if (cpu >= CPU_SETSIZE)
+		return -1;
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set);
+}
+
+static int hcall_user(const struct opts *o)
+{
+	struct hcall_result r = { .mode = "user", .trap = -1 };
+	struct sigaction action;
+
+	if (o->insn == HVPROBE_INSN_PAGE || o->xmm_count)
+		return usage_error("--user takes neither --insn page nor --xmm");
+	if (pin_to_cpu(o->cpu))
+		return fail(EXIT_REFUSED, "cannot run on cpu %u: %s", o->cpu, strerror(errno));
+	if (o->fast) {
+		fast_registers(o, &r.rdx, &r.r8);
+	} else {
+		r.rdx = o->in_gpa;
+		r.r8 = o->out_gpa;
+	}
+	memset(&action, 0, sizeof(action));
+	action.sa_handler = on_user_fault;
+	sigemptyset(&action.sa_mask);
+	sigaction(SIGILL, &action, NULL);
+	sigaction(SIGSEGV, &action, NULL);
+	if (sigsetjmp(user_fault_jump, 1) == 0) {
+		r.rax = user_instruction(o->insn, o->control, r.rdx, r.r8);
+	} else if (user_fault_signal == SIGILL) {
+		r.trap = 6;
+		r.signal = "SIGILL";
+	} else {
+		r.trap = 13;
+		r.signal = "SIGSEGV";
+	}
+	print_hcall(o, &r);
+	return 0;
+}
+
+static int cmd_hypercall(struct opts *o)
+{
+	if (o->nargs || !o->has_control)
+		return usage_error("hypercall takes --control C");
+	if (o->fast && (o->has_in_gpa || o->has_out_gpa || o->input_len > 16))
+		return usage_error("--fast takes at most 16 input bytes and no --in-gpa/--out-gpa");
+	if (!o->fast && o->xmm_count)
+		return usage_error("--xmm needs --fast");
+	return o->user ? hcall_user(o) : hcall_kernel(o);
+}
+
+/*
+ * Port I/O, for devices such as hyperv-testdev: one 32-bit OUT or IN from
+ * this process (ioperm needs CAP_SYS_RAWIO, not the module).
+ */
+static int cmd_port(struct opts *o, bool write)
+{
+	uint32_t port, value = 0;
+
+	if (o->nargs != (write ? 2 : 1) || !parse_u32(o->args[0], 0xfffc, &port) ||
+	    (write && !parse_u32(o->args[1], UINT32_MAX, &value)))
+		return usage_error(write ? "outl takes PORT VALUE" : "inl takes PORT");
+	if (o->has_cpu && pin_to_cpu(o->cpu))
+		return fail(EXIT_REFUSED, "cannot run on cpu %u: %s", o->cpu, strerror(errno));
+	if (ioperm(port, 4, 1))
+		return fail(EXIT_REFUSED, "ioperm %#x: %s", port, strerror(errno));
+	if (write)
+		outl(value, (unsigned short)port);
+	else
+		value = inl((unsigned short)port);
+	printf("{\"cpu\": %d, \"port\": %u, \"value\": %u}\n", sched_getcpu(), port, value);
+	return 0;
+}
+
+static int cmd_outl(struct opts *o)
+{
+	return cmd_port(o, true);
+}
+
+static int cmd_inl(struct opts *o)
+{
+	return cmd_port(o, false);
+}
+
+/* Dispatch. */
+
+struct command {
+	const char *name;
+	int (*run)(struct opts *o);
+};
+
+static const struct command commands[] = {
+	{ "info", cmd_info },
+	{ "cpuid", cmd_cpuid },
+	{ "rdmsr", cmd_rdmsr },
+	{ "wrmsr", cmd_wrmsr },
+	{ "synic-setup", cmd_synic_setup },
+	{ "synic-teardown", cmd_synic_teardown },
+	{ "sint", cmd_sint },
+	{ "hypercall", cmd_hypercall },
+	{ "sief", cmd_sief },
+	{ "sim", cmd_sim },
+	{ "irqs", cmd_irqs },
+	{ "ipi", cmd_ipi },
+	{ "pages", cmd_pages },
+	{ "outl", cmd_outl },
+	{ "inl", cmd_inl },
+};
+
+int main(int argc, char **argv)
+{
+	struct opts o;
+	size_t i;
+	int rc;
+
+	if (argc < 2)
+		return command_error("no command");
+	for (i = 0; i < ARRAY_SIZE(commands); i++) {
+		if (strcmp(argv[1], commands[i].name))
+			continue;
+		rc = parse_options(argc - 1, argv + 1, &o);
+		return rc ? rc : commands[i].run(&o);
+	}
+	return command_error("unknown command");
+}

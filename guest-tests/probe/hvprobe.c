@@ -1,0 +1,758 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hvprobe: lets a test drive the Hyper-V guest interface from user space.
+ *
+ * Through /dev/hvprobe (ioctls in hvprobe_abi.h), on a chosen CPU: CPUID,
+ * MSR reads and writes that report #GP instead of oopsing, SynIC set-up with
+ * pages this module owns, raw hypercalls (VMCALL, VMMCALL or the kernel's
+ * hypercall page; memory, fast and XMM fast forms) that report #UD instead of
+ * oopsing, reads of SIEF and SIM slots, interrupt counts per CPU and vector,
+ * and IPIs with any vector, to check those counts without a hypervisor.
+ *
+ * Interrupts are counted by kprobes on __common_interrupt and
+ * __spurious_interrupt, whose second argument (RSI at entry) is the vector.
+ * A vector no Linux driver owns still reaches __common_interrupt, which
+ * acknowledges it and prints a rate-limited "No irq handler for vector".
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/cpu.h>
+#include <linux/cpumask.h>
+#include <linux/fs.h>
+#include <linux/gfp.h>
+#include <linux/kprobes.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/percpu.h>
+#include <linux/slab.h>
+#include <linux/smp.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <linux/workqueue.h>
+#include <asm/apic.h>
+#include <asm/asm.h>
+#include <asm/fpu/api.h>
+#include <asm/io.h>
+#include <asm/msr.h>
+#include <asm/mshyperv.h>
+#include <asm/nospec-branch.h>
+#include <asm/processor.h>
+
+#include "hvprobe_abi.h"
+
+#define HVPROBE_MSR_SCONTROL	0x40000080
+#define HVPROBE_MSR_SIEFP	0x40000082
+#define HVPROBE_MSR_SIMP	0x40000083
+#define HVPROBE_MSR_SINT0	0x40000090
+#define HVPROBE_ENABLE		1ULL
+
+/* What one CPU owns: its hypercall buffer and, after set-up, its SynIC pages. */
+struct hvprobe_cpu {
+	struct mutex lock;	/* the buffer, and the SynIC pages' lifetime */
+	struct page *buffer;	/* HVPROBE_BUF_PAGES contiguous pages */
+	void *sief;
+	void *sim;
+};
+
+static struct hvprobe_cpu *hvprobe_cpus;
+static DEFINE_PER_CPU(u64 [HVPROBE_VECTORS], hvprobe_irq_counts);
+static u32 hvprobe_probes_registered;
+
+/* Interrupt counting. */
+
+static int hvprobe_count_vector(struct kprobe *p, struct pt_regs *regs)
+{
+	this_cpu_inc(hvprobe_irq_counts[(u8)regs->si]);
+	return 0;
+}
+
+static struct kprobe hvprobe_kprobes[] = {
+	{ .symbol_name = "__common_interrupt", .pre_handler = hvprobe_count_vector },
+	{ .symbol_name = "__spurious_interrupt", .pre_handler = hvprobe_count_vector },
+};
+
+static void hvprobe_register_probes(void)
+{
+	int i, err;
+
+	for (i = 0; i < ARRAY_SIZE(hvprobe_kprobes); i++) {
+		err = register_kprobe(&hvprobe_kprobes[i]);
+		if (err)
+			pr_warn("cannot probe %s (%d): its vectors are not counted\n",
+				hvprobe_kprobes[i].symbol_name, err);
+		else
+			hvprobe_probes_registered |= 1U << i;
+	}
+}
+
+static void hvprobe_unregister_probes(void)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(hvprobe_kprobes); i++)
+		if (hvprobe_probes_registered & (1U << i))
+			unregister_kprobe(&hvprobe_kprobes[i]);
+	hvprobe_probes_registered = 0;
+}
+
+/* Running an operation on a chosen CPU. */
+
+static int hvprobe_check_cpu(u32 cpu)
+{
+	if (cpu >= nr_cpu_ids || !cpu_online(cpu))
+		return -EINVAL;
+	return 0;
+}
+
+static int hvprobe_on_cpu(u32 cpu, smp_call_func_t fn, void *arg)
+{
+	int err = hvprobe_check_cpu(cpu);
+
+	return err ? err : smp_call_function_single(cpu, fn, arg, 1);
+}
+
+/* MSR writes, in order, on the current CPU; a #GP sets that write's fault bit. */
+struct hvprobe_msr_write {
+	u32 msr;
+	u64 value;
+	u32 fault_bit;
+};
+
+struct hvprobe_msr_batch {
+	struct hvprobe_msr_write writes[3 + HVPROBE_SINTS];
+	unsigned int count;
+	u32 faults;
+};
+
+static void hvprobe_batch_add(struct hvprobe_msr_batch *batch, u32 msr, u64 value,
+			      u32 fault_bit)
+{
+	struct hvprobe_msr_write *w = &batch->writes[batch->count++];
+
+	w->msr = msr;
+	w->value = value;
+	w->fault_bit = fault_bit;
+}
+
+static void hvprobe_batch_run(void *arg)
+{
+	struct hvprobe_msr_batch *batch = arg;
+	unsigned int i;
+
+	for (i = 0; i < batch->count; i++)
+		if (wrmsrl_safe(batch->writes[i].msr, batch->writes[i].value))
+			batch->faults |= batch->writes[i].fault_bit;
+}
+
+/* CPUID and single MSR accesses. */
+
+static void hvprobe_cpuid_fn(void *arg)
+{
+	struct hvprobe_cpuid *c = arg;
+
+	cpuid_count(c->leaf, c->subleaf, &c->eax, &c->ebx, &c->ecx, &c->edx);
+}
+
+static int hvprobe_cpuid(struct hvprobe_cpuid *c)
+{
+	return hvprobe_on_cpu(c->cpu, hvprobe_cpuid_fn, c);
+}
+
+static void hvprobe_rdmsr_fn(void *arg)
+{
+	struct hvprobe_msr *m = arg;
+	u64 value;
+
+	m->gp = rdmsrl_safe(m->msr, &value) ? 1 : 0;
+	m->value = m->gp ? 0 : value;
+}
+
+static void hvprobe_wrmsr_fn(void *arg)
+{
+	struct hvprobe_msr *m = arg;
+
+	m->gp = wrmsrl_safe(m->msr, m->value) ? 1 : 0;
+}
+
+static int hvprobe_msr(struct hvprobe_msr *m, bool write)
+{
+	return hvprobe_on_cpu(m->cpu, write ? hvprobe_wrmsr_fn : hvprobe_rdmsr_fn, m);
+}
+
+/* SynIC. */
+
+static int hvprobe_synic_alloc(struct hvprobe_cpu *pc)
+{
+	if (!pc->sief)
+		pc->sief = (void *)get_zeroed_page(GFP_KERNEL);
+	if (!pc->sim)
+		pc->sim = (void *)get_zeroed_page(GFP_KERNEL);
+	if (!pc->sief || !pc->sim)
+		return -ENOMEM;
+	memset(pc->sief, 0, PAGE_SIZE);
+	memset(pc->sim, 0, PAGE_SIZE);
+	return 0;
+}
+
+static void hvprobe_synic_free(struct hvprobe_cpu *pc)
+{
+	free_page((unsigned long)pc->sief);
+	free_page((unsigned long)pc->sim);
+	pc->sief = NULL;
+	pc->sim = NULL;
+}
+
+static int hvprobe_synic_setup(struct hvprobe_synic *s)
+{
+	struct hvprobe_msr_batch batch = {};
+	struct hvprobe_cpu *pc;
+	int err;
+
+	if (s->flags & ~HVPROBE_SYNIC_FLAGS)
+		return -EINVAL;
+	err = hvprobe_check_cpu(s->cpu);
+	if (err)
+		return err;
+	pc = &hvprobe_cpus[s->cpu];
+	mutex_lock(&pc->lock);
+	err = hvprobe_synic_alloc(pc);
+	if (err)
+		goto out;
+	s->sief_gpa = virt_to_phys(pc->sief);
+	s->sim_gpa = virt_to_phys(pc->sim);
+	s->siefp = s->sief_gpa | (s->flags & HVPROBE_SYNIC_NO_SIEF ? 0 : HVPROBE_ENABLE);
+	s->simp = s->sim_gpa | (s->flags & HVPROBE_SYNIC_NO_SIM ? 0 : HVPROBE_ENABLE);
+	s->scontrol = s->flags & HVPROBE_SYNIC_NO_SCONTROL ? 0 : HVPROBE_ENABLE;
+	hvprobe_batch_add(&batch, HVPROBE_MSR_SIEFP, s->siefp, HVPROBE_FAULT_SIEFP);
+	hvprobe_batch_add(&batch, HVPROBE_MSR_SIMP, s->simp, HVPROBE_FAULT_SIMP);
+	hvprobe_batch_add(&batch, HVPROBE_MSR_SCONTROL, s->scontrol, HVPROBE_FAULT_SCONTROL);
+	err = smp_call_function_single(s->cpu, hvprobe_batch_run, &batch, 1);
+	s->faults = batch.faults;
+out:
+	mutex_unlock(&pc->lock);
+	return err;
+}
+
+/* Masks every SINT and disables SCONTROL, SIEFP and SIMP on @cpu. */
+static int hvprobe_synic_disable(u32 cpu, u32 *faults)
+{
+	struct hvprobe_msr_batch batch = {};
+	unsigned int sint;
+	int err;
+
+	for (sint = 0; sint < HVPROBE_SINTS; sint++)
+		hvprobe_batch_add(&batch, HVPROBE_MSR_SINT0 + sint, HVPROBE_SINT_MASKED,
+				  HVPROBE_FAULT_SINT(sint));
+	hvprobe_batch_add(&batch, HVPROBE_MSR_SCONTROL, 0, HVPROBE_FAULT_SCONTROL);
+	hvprobe_batch_add(&batch, HVPROBE_MSR_SIEFP, 0, HVPROBE_FAULT_SIEFP);
+	hvprobe_batch_add(&batch, HVPROBE_MSR_SIMP, 0, HVPROBE_FAULT_SIMP);
+	err = smp_call_function_single(cpu, hvprobe_batch_run, &batch, 1);
+	*faults = batch.faults;
+	return err;
+}
+
+static int hvprobe_synic_teardown(struct hvprobe_synic *s)
+{
+	struct hvprobe_cpu *pc;
+	int err;
+
+	if (s->flags)
+		return -EINVAL;
+	err = hvprobe_check_cpu(s->cpu);
+	if (err)
+		return err;
+	pc = &hvprobe_cpus[s->cpu];
+	mutex_lock(&pc->lock);
+	err = hvprobe_synic_disable(s->cpu, &s->faults);
+	if (!err)
+		hvprobe_synic_free(pc);
+	mutex_unlock(&pc->lock);
+	s->sief_gpa = 0;
+	s->sim_gpa = 0;
+	s->scontrol = 0;
+	s->siefp = 0;
+	s->simp = 0;
+	return err;
+}
+
+static void hvprobe_sint_fn(void *arg)
+{
+	struct hvprobe_sint *s = arg;
+
+	s->gp = wrmsrl_safe(HVPROBE_MSR_SINT0 + s->sint, s->value) ? 1 : 0;
+}
+
+static int hvprobe_sint(struct hvprobe_sint *s)
+{
+	if (s->sint >= HVPROBE_SINTS)
+		return -EINVAL;
+	return hvprobe_on_cpu(s->cpu, hvprobe_sint_fn, s);
+}
+
+static int hvprobe_slot(struct hvprobe_slot *s)
+{
+	struct hvprobe_cpu *pc;
+	u64 *slot, word;
+	unsigned int i;
+	void *page;
+	int err = 0;
+
+	if (s->cpu >= nr_cpu_ids || s->sint >= HVPROBE_SINTS || s->clear > 1 ||
+	    (s->page != HVPROBE_SLOT_SIEF && s->page != HVPROBE_SLOT_SIM))
+		return -EINVAL;
+	pc = &hvprobe_cpus[s->cpu];
+	mutex_lock(&pc->lock);
+	page = s->page == HVPROBE_SLOT_SIEF ? pc->sief : pc->sim;
+	if (!page) {
+		err = -ENXIO;
+		goto out;
+	}
+	slot = page + s->sint * HVPROBE_SLOT_BYTES;
+	/* Word by word, atomically, so that no flag set meanwhile is lost. */
+	for (i = 0; i < HVPROBE_SLOT_BYTES / sizeof(u64); i++) {
+		word = s->clear ? xchg(&slot[i], 0) : READ_ONCE(slot[i]);
+		memcpy(&s->data[i * sizeof(u64)], &word, sizeof(u64));
+	}
+out:
+	mutex_unlock(&pc->lock);
+	return err;
+}
+
+static int hvprobe_pages(struct hvprobe_pages *p)
+{
+	struct hvprobe_cpu *pc;
+
+	if (p->cpu >= nr_cpu_ids)
+		return -EINVAL;
+	pc = &hvprobe_cpus[p->cpu];
+	mutex_lock(&pc->lock);
+	p->synic = pc->sief ? 1 : 0;
+	p->sief_gpa = pc->sief ? virt_to_phys(pc->sief) : 0;
+	p->sim_gpa = pc->sim ? virt_to_phys(pc->sim) : 0;
+	mutex_unlock(&pc->lock);
+	p->buffer_gpa = page_to_phys(pc->buffer);
+	p->buffer_bytes = HVPROBE_BUF_BYTES;
+	return 0;
+}
+
+/* Interrupts. */
+
+static int hvprobe_irqs(struct hvprobe_irqs *q)
+{
+	unsigned int v;
+
+	if (q->cpu >= nr_cpu_ids || !cpu_possible(q->cpu))
+		return -EINVAL;
+	for (v = 0; v < HVPROBE_VECTORS; v++)
+		q->counts[v] = READ_ONCE(per_cpu(hvprobe_irq_counts, q->cpu)[v]);
+	return 0;
+}
+
+static void hvprobe_ipi_fn(void *arg)
+{
+	struct hvprobe_ipi *ipi = arg;
+
+	apic->send_IPI(ipi->to_cpu, ipi->vector);
+}
+
+static int hvprobe_ipi(struct hvprobe_ipi *ipi)
+{
+	int err = hvprobe_check_cpu(ipi->to_cpu);
+
+	if (err)
+		return err;
+	if (ipi->vector < HVPROBE_IPI_MIN_VECTOR || ipi->vector >= HVPROBE_VECTORS)
+		return -EINVAL;
+	return hvprobe_on_cpu(ipi->from_cpu, hvprobe_ipi_fn, ipi);
+}
+
+/* Hypercalls. */
+
+/*
+ * The instruction either completes (done = 1) or faults; the exception table
+ * entry then resumes at 2: with the vector in RAX (EX_TYPE_FAULT).
+ */
+#define HVPROBE_TRAPPING(insn)		\
+	"1: " insn "\n\t"		\
+	"movl $1, %[done]\n"		\
+	"2:\n\t"			\
+	_ASM_EXTABLE_FAULT(1b, 2b)
+
+struct hvprobe_regs {
+	u64 rax;
+	u64 rcx;
+	u64 rdx;
+	u64 r8;
+};
+
+/* Returns -1 when the instruction completed, else the exception vector. */
+static int hvprobe_vmcall(struct hvprobe_regs *r)
+{
+	register u64 r8 asm("r8") = r->r8;
+	u64 rax = 0, rcx = r->rcx, rdx = r->rdx;
+	u32 done = 0;
+
+	asm volatile(HVPROBE_TRAPPING("vmcall")
+		     : "+a" (rax), "+c" (rcx), "+d" (rdx), "+r" (r8), [done] "+r" (done)
+		     :
+		     : "cc", "memory");
+	r->rax = rax;
+	return done ? -1 : (int)rax;
+}
+
+static int hvprobe_vmmcall(struct hvprobe_regs *r)
+{
+	register u64 r8 asm("r8") = r->r8;
+	u64 rax = 0, rcx = r->rcx, rdx = r->rdx;
+	u32 done = 0;
+
+	asm volatile(HVPROBE_TRAPPING("vmmcall")
+		     : "+a" (rax), "+c" (rcx), "+d" (rdx), "+r" (r8), [done] "+r" (done)
+		     :
+		     : "cc", "memory");
+	r->rax = rax;
+	return done ? -1 : (int)rax;
+}
+
+/* The hypercall page is a function: it may clobber what the C ABI allows. */
+static int hvprobe_page_call(struct hvprobe_regs *r, void *page)
+{
+	register u64 r8 asm("r8") = r->r8;
+	u64 rax, rcx = r->rcx, rdx = r->rdx;
+
+	asm volatile(CALL_NOSPEC
+		     : "=a" (rax), ASM_CALL_CONSTRAINT, "+c" (rcx), "+d" (rdx), "+r" (r8)
+		     : THUNK_TARGET(page)
+		     : "cc", "memory", "r9", "r10", "r11");
+	r->rax = rax;
+	return -1;
+}
+
+static void hvprobe_load_xmm(u8 (*xmm)[HVPROBE_XMM_BYTES])
+{
+	asm volatile("movdqu 0x00(%0), %%xmm0\n\t"
+		     "movdqu 0x10(%0), %%xmm1\n\t"
+		     "movdqu 0x20(%0), %%xmm2\n\t"
+		     "movdqu 0x30(%0), %%xmm3\n\t"
+		     "movdqu 0x40(%0), %%xmm4\n\t"
+		     "movdqu 0x50(%0), %%xmm5\n\t"
+		     : : "r" (xmm) : "memory");
+}
+
+static void hvprobe_store_xmm(u8 (*xmm)[HVPROBE_XMM_BYTES])
+{
+	asm volatile("movdqu %%xmm0, 0x00(%0)\n\t"
+		     "movdqu %%xmm1, 0x10(%0)\n\t"
+		     "movdqu %%xmm2, 0x20(%0)\n\t"
+		     "movdqu %%xmm3, 0x30(%0)\n\t"
+		     "movdqu %%xmm4, 0x40(%0)\n\t"
+		     "movdqu %%xmm5, 0x50(%0)\n\t"
+		     : : "r" (xmm) : "memory");
+}
+
+struct hvprobe_hcall_job {
+	struct hvprobe_hypercall *hc;
+	struct hvprobe_regs regs;
+	void *page;
+	int trap;
+};
+
+static int hvprobe_issue(struct hvprobe_hcall_job *job)
+{
+	switch (job->hc->insn) {
+	case HVPROBE_INSN_VMCALL:
+		return hvprobe_vmcall(&job->regs);
+	case HVPROBE_INSN_VMMCALL:
+		return hvprobe_vmmcall(&job->regs);
+	default:
+		return hvprobe_page_call(&job->regs, job->page);
+	}
+}
+
+/* Runs in a kworker bound to the target CPU (process context, for the FPU). */
+static long hvprobe_hypercall_fn(void *arg)
+{
+	struct hvprobe_hcall_job *job = arg;
+	struct hvprobe_hypercall *hc = job->hc;
+
+	if (!(hc->flags & HVPROBE_HC_FAST)) {
+		job->trap = hvprobe_issue(job);
+		return 0;
+	}
+	kernel_fpu_begin();
+	hvprobe_load_xmm(hc->xmm_in);
+	job->trap = hvprobe_issue(job);
+	hvprobe_store_xmm(hc->xmm_out);
+	kernel_fpu_end();
+	return 0;
+}
+
+static int hvprobe_hypercall_check(const struct hvprobe_hypercall *hc)
+{
+	if (hc->flags & ~HVPROBE_HC_FLAGS || hc->insn > HVPROBE_INSN_PAGE ||
+	    hc->in_len > HVPROBE_IO_MAX || hc->out_len > HVPROBE_IO_MAX ||
+	    hc->in_offset > HVPROBE_BUF_BYTES - hc->in_len ||
+	    hc->out_offset > HVPROBE_BUF_BYTES - hc->out_len || hc->out_fill > 0xff)
+		return -EINVAL;
+	if ((hc->flags & HVPROBE_HC_FAST) &&
+	    (hc->flags & (HVPROBE_HC_IN_GPA | HVPROBE_HC_OUT_GPA)))
+		return -EINVAL;
+	return hvprobe_check_cpu(hc->cpu);
+}
+
+/*
+ * The output area: out_len bytes at out_offset, or at out_gpa when that lies
+ * in the buffer (clipped to its end); none when out_gpa lies elsewhere.
+ */
+static u32 hvprobe_output_area(const struct hvprobe_hypercall *hc, u64 gpa, u64 *offset)
+{
+	*offset = hc->out_offset;
+	if (!(hc->flags & HVPROBE_HC_OUT_GPA))
+		return hc->out_len;
+	if (hc->out_gpa < gpa || hc->out_gpa - gpa >= HVPROBE_BUF_BYTES)
+		return 0;
+	*offset = hc->out_gpa - gpa;
+	return min_t(u64, hc->out_len, HVPROBE_BUF_BYTES - *offset);
+}
+
+/* Fills the buffer: zeros, the output area with out_fill, then the input. */
+static void hvprobe_hypercall_prepare(struct hvprobe_hypercall *hc, u8 *buf, u64 gpa,
+				      struct hvprobe_regs *regs)
+{
+	u64 out_offset;
+	u32 out_len = hvprobe_output_area(hc, gpa, &out_offset);
+
+	memset(buf, 0, HVPROBE_BUF_BYTES);
+	memset(buf + out_offset, hc->out_fill, out_len);
+	memcpy(buf + hc->in_offset, hc->input, hc->in_len);
+	regs->rcx = hc->control;
+	if (hc->flags & HVPROBE_HC_FAST) {
+		regs->rdx = hc->rdx;
+		regs->r8 = hc->r8;
+		return;
+	}
+	regs->rdx = hc->flags & HVPROBE_HC_IN_GPA ? hc->in_gpa : gpa + hc->in_offset;
+	regs->r8 = hc->flags & HVPROBE_HC_OUT_GPA ? hc->out_gpa : gpa + hc->out_offset;
+}
+
+static void hvprobe_hypercall_output(struct hvprobe_hypercall *hc, const u8 *buf, u64 gpa)
+{
+	u64 offset;
+
+	hc->output_len = hvprobe_output_area(hc, gpa, &offset);
+	hc->output_gpa = hc->output_len ? gpa + offset : 0;
+	memcpy(hc->output, buf + offset, hc->output_len);
+}
+
+static int hvprobe_hypercall(struct hvprobe_hypercall *hc)
+{
+	struct hvprobe_hcall_job job = { .hc = hc };
+	struct hvprobe_cpu *pc;
+	long err;
+	u64 gpa;
+	u8 *buf;
+
+	err = hvprobe_hypercall_check(hc);
+	if (err)
+		return err;
+	if (hc->insn == HVPROBE_INSN_PAGE) {
+		job.page = READ_ONCE(hv_hypercall_pg);
+		if (!job.page)
+			return -ENODEV;
+	}
+	memset(hc->xmm_out, 0, sizeof(hc->xmm_out));
+	memset(hc->output, 0, sizeof(hc->output));
+	pc = &hvprobe_cpus[hc->cpu];
+	buf = page_address(pc->buffer);
+	gpa = page_to_phys(pc->buffer);
+	mutex_lock(&pc->lock);
+	hvprobe_hypercall_prepare(hc, buf, gpa, &job.regs);
+	err = work_on_cpu_safe(hc->cpu, hvprobe_hypercall_fn, &job);
+	if (!err) {
+		hc->rax = job.trap < 0 ? job.regs.rax : 0;
+		hc->trap = job.trap;
+		hc->used_rdx = job.regs.rdx;
+		hc->used_r8 = job.regs.r8;
+		hvprobe_hypercall_output(hc, buf, gpa);
+	}
+	mutex_unlock(&pc->lock);
+	return err;
+}
+
+static void hvprobe_info(struct hvprobe_info *info)
+{
+	unsigned int cpu;
+
+	memset(info, 0, sizeof(*info));
+	info->abi_version = HVPROBE_ABI_VERSION;
+	info->nr_cpu_ids = nr_cpu_ids;
+	info->hypercall_page = READ_ONCE(hv_hypercall_pg) ? 1 : 0;
+	info->x2apic = x2apic_mode ? 1 : 0;
+	info->irq_probes = hvprobe_probes_registered;
+	for_each_online_cpu(cpu)
+		if (cpu < HVPROBE_ONLINE_WORDS * 64)
+			info->online[cpu / 64] |= 1ULL << (cpu % 64);
+}
+
+/* The device. */
+
+union hvprobe_args {
+	struct hvprobe_info info;
+	struct hvprobe_cpuid cpuid;
+	struct hvprobe_msr msr;
+	struct hvprobe_synic synic;
+	struct hvprobe_sint sint;
+	struct hvprobe_slot slot;
+	struct hvprobe_pages pages;
+	struct hvprobe_irqs irqs;
+	struct hvprobe_ipi ipi;
+	struct hvprobe_hypercall hypercall;
+};
+
+static int hvprobe_dispatch(unsigned int cmd, union hvprobe_args *a)
+{
+	switch (cmd) {
+	case HVPROBE_IOC_INFO:
+		hvprobe_info(&a->info);
+		return 0;
+	case HVPROBE_IOC_CPUID:
+		return hvprobe_cpuid(&a->cpuid);
+	case HVPROBE_IOC_RDMSR:
+		return hvprobe_msr(&a->msr, false);
+	case HVPROBE_IOC_WRMSR:
+		return hvprobe_msr(&a->msr, true);
+	case HVPROBE_IOC_SYNIC_SETUP:
+		return hvprobe_synic_setup(&a->synic);
+	case HVPROBE_IOC_SYNIC_TEARDOWN:
+		return hvprobe_synic_teardown(&a->synic);
+	case HVPROBE_IOC_SINT:
+		return hvprobe_sint(&a->sint);
+	case HVPROBE_IOC_SLOT:
+		return hvprobe_slot(&a->slot);
+	case HVPROBE_IOC_PAGES:
+		return hvprobe_pages(&a->pages);
+	case HVPROBE_IOC_IRQS:
+		return hvprobe_irqs(&a->irqs);
+	case HVPROBE_IOC_IPI:
+		return hvprobe_ipi(&a->ipi);
+	case HVPROBE_IOC_HYPERCALL:
+		return hvprobe_hypercall(&a->hypercall);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static long hvprobe_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	void __user *uarg = (void __user *)arg;
+	size_t size = _IOC_SIZE(cmd);
+	union hvprobe_args *a;
+	long err;
+
+	if (_IOC_TYPE(cmd) != HVPROBE_IOC_MAGIC || size > sizeof(*a))
+		return -ENOTTY;
+	a = kzalloc(sizeof(*a), GFP_KERNEL);
+	if (!a)
+		return -ENOMEM;
+	err = -EFAULT;
+	if ((_IOC_DIR(cmd) & _IOC_WRITE) && copy_from_user(a, uarg, size))
+		goto out;
+	err = hvprobe_dispatch(cmd, a);
+	if (!err && (_IOC_DIR(cmd) & _IOC_READ) && copy_to_user(uarg, a, size))
+		err = -EFAULT;
+out:
+	kfree(a);
+	return err;
+}
+
+static const struct file_operations hvprobe_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = hvprobe_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice hvprobe_device = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "hvprobe",
+	.fops = &hvprobe_fops,
+	.mode = 0600,
+};
+
+/* Load and unload. */
+
+static void hvprobe_free_cpus(void)
+{
+	unsigned int cpu;
+	u32 faults;
+
+	for (cpu = 0; cpu < nr_cpu_ids; cpu++) {
+		struct hvprobe_cpu *pc = &hvprobe_cpus[cpu];
+
+		if (pc->sief) {
+			/* A page the hypervisor may still write is leaked, not freed. */
+			if (cpu_online(cpu) && !hvprobe_synic_disable(cpu, &faults))
+				hvprobe_synic_free(pc);
+			else
+				pr_warn("cpu %u offline: its SynIC pages are leaked\n", cpu);
+		}
+		if (pc->buffer)
+			__free_pages(pc->buffer, get_order(HVPROBE_BUF_BYTES));
+	}
+	kfree(hvprobe_cpus);
+	hvprobe_cpus = NULL;
+}
+
+static int hvprobe_alloc_cpus(void)
+{
+	unsigned int cpu;
+
+	hvprobe_cpus = kcalloc(nr_cpu_ids, sizeof(*hvprobe_cpus), GFP_KERNEL);
+	if (!hvprobe_cpus)
+		return -ENOMEM;
+	for (cpu = 0; cpu < nr_cpu_ids; cpu++) {
+		struct hvprobe_cpu *pc = &hvprobe_cpus[cpu];
+
+		mutex_init(&pc->lock);
+		pc->buffer = alloc_pages(GFP_KERNEL | __GFP_ZERO, get_order(HVPROBE_BUF_BYTES));
+		if (!pc->buffer)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int __init hvprobe_init(void)
+{
+	int err;
+
+	err = hvprobe_alloc_cpus();
+	if (err)
+		goto fail;
+	hvprobe_register_probes();
+	err = misc_register(&hvprobe_device);
+	if (err)
+		goto fail_probes;
+	return 0;
+
+fail_probes:
+	hvprobe_unregister_probes();
+fail:
+	if (hvprobe_cpus)
+		hvprobe_free_cpus();
+	return err;
+}
+
+static void __exit hvprobe_exit(void)
+{
+	misc_deregister(&hvprobe_device);
+	hvprobe_unregister_probes();
+	hvprobe_free_cpus();
+}
+
+module_init(hvprobe_init);
+module_exit(hvprobe_exit);
+
+MODULE_DESCRIPTION("Test probe for the Hyper-V hypercall and SynIC interfaces");
+MODULE_LICENSE("GPL");

@@ -1,0 +1,473 @@
+"""A typed client of the in-guest probe (guest-tests/probe), and SIEF decoding.
+
+`Probe(guest)` runs `hvprobe ...` in the guest over SSH, parses the one JSON
+object it prints and returns a dataclass; every failure is a HarnessError
+with a one-line cause. If the module is not loaded (hvprobe exits with 3),
+the client loads it once and retries. `decode_sief_page` is the host-side
+view of a SIEF page read over QMP. guest-tests/README.md documents the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from orchestrator.errors import HarnessError
+from orchestrator.ssh import CommandResult
+
+HVPROBE = "/usr/local/bin/hvprobe"
+LOAD_MODULE = "busybox modprobe hvprobe"
+EXIT_NO_MODULE = 3
+
+PAGE_BYTES = 4096
+SINT_COUNT = 16
+SLOT_BYTES = 256
+FLAGS_PER_SLOT = SLOT_BYTES * 8
+
+UD_VECTOR = 6
+Insn = Literal["vmcall", "vmmcall", "page"]
+T = TypeVar("T")
+
+
+class GuestShell(Protocol):
+    """What the client needs of orchestrator.ssh.Guest."""
+
+    commands_log: Path
+
+    def run(self, command: str, timeout: float = ..., check: bool = ...) -> CommandResult: ...
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    abi: int
+    nr_cpu_ids: int
+    online_cpus: tuple[int, ...]
+    hypercall_page: bool
+    x2apic: bool
+    irq_probes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CpuidResult:
+    cpu: int
+    leaf: int
+    subleaf: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+
+    def text(self, *registers: Literal["eax", "ebx", "ecx", "edx"]) -> str:
+        """The registers' bytes as text, e.g. text("ebx", "edx", "ecx") for leaf 0."""
+        raw = b"".join(getattr(self, name).to_bytes(4, "little") for name in registers)
+        return raw.rstrip(b"\0").decode("ascii", errors="replace")
+
+
+@dataclass(frozen=True)
+class MsrResult:
+    cpu: int
+    msr: int
+    value: int
+    gp: bool
+
+
+@dataclass(frozen=True)
+class SynicState:
+    """What synic-setup or synic-teardown wrote, and which writes raised #GP."""
+
+    cpu: int
+    sief_gpa: int
+    sim_gpa: int
+    scontrol: int
+    siefp: int
+    simp: int
+    faults: frozenset[str]
+
+
+@dataclass(frozen=True)
+class SintResult:
+    cpu: int
+    sint: int
+    value: int
+    gp: bool
+
+
+@dataclass(frozen=True)
+class SynicPages:
+    cpu: int
+    synic: bool
+    sief_gpa: int | None
+    sim_gpa: int | None
+    buffer_gpa: int
+    buffer_bytes: int
+
+
+@dataclass(frozen=True)
+class HypercallResult:
+    """One hypercall. When it faulted (`trap` set), rax and status are None."""
+
+    cpu: int
+    mode: Literal["kernel", "user"]
+    insn: Insn
+    control: int
+    fast: bool
+    rdx: int
+    r8: int
+    ud: bool
+    trap: int | None
+    signal: str | None
+    rax: int | None
+    status: int | None
+    reps_completed: int | None
+    output_gpa: int | None
+    output: bytes
+    xmm: tuple[bytes, ...]
+
+    @property
+    def xmm0(self) -> bytes | None:
+        return self.xmm[0] if self.xmm else None
+
+
+@dataclass(frozen=True)
+class SimMessage:
+    """The header of a SIM slot (TLFS HV_MESSAGE) and its payload."""
+
+    message_type: int
+    payload_size: int
+    message_flags: int
+    payload: bytes
+
+    @classmethod
+    def from_slot(cls, slot: bytes) -> SimMessage:
+        _check_size(slot, SLOT_BYTES, "SIM slot")
+        return cls(
+            message_type=int.from_bytes(slot[0:4], "little"),
+            payload_size=slot[4],
+            message_flags=slot[5],
+            payload=slot[16:],
+        )
+
+
+def _check_size(data: bytes, size: int, what: str) -> None:
+    if len(data) != size:
+        raise HarnessError(f"a {what} is {size} bytes, got {len(data)}")
+
+
+def slot_flags(slot: bytes) -> frozenset[int]:
+    """The flag numbers set in one 256-byte SIEF slot (flag n: bit n%8 of byte n/8)."""
+    _check_size(slot, SLOT_BYTES, "SIEF slot")
+    return frozenset(
+        index * 8 + bit
+        for index, byte in enumerate(slot)
+        if byte
+        for bit in range(8)
+        if byte >> bit & 1
+    )
+
+
+def decode_sief_page(page: bytes) -> dict[int, frozenset[int]]:
+    """Every SINT of a 4096-byte SIEF page (read over QMP) to its set flag numbers."""
+    _check_size(page, PAGE_BYTES, "SIEF page")
+    return {
+        sint: slot_flags(page[sint * SLOT_BYTES : (sint + 1) * SLOT_BYTES])
+        for sint in range(SINT_COUNT)
+    }
+
+
+def _opt(name: str, value: int | str | None) -> list[str]:
+    return [] if value is None else [name, str(value)]
+
+
+def _flag(name: str, on: bool) -> list[str]:
+    return [name] if on else []
+
+
+def _ints(values: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _info(d: dict[str, Any]) -> ProbeInfo:
+    return ProbeInfo(
+        abi=int(d["abi"]),
+        nr_cpu_ids=int(d["nr_cpu_ids"]),
+        online_cpus=_ints(d["online_cpus"]),
+        hypercall_page=bool(d["hypercall_page"]),
+        x2apic=bool(d["x2apic"]),
+        irq_probes=tuple(str(p) for p in d["irq_probes"]),
+    )
+
+
+def _cpuid(d: dict[str, Any]) -> CpuidResult:
+    return CpuidResult(*(int(d[k]) for k in ("cpu", "leaf", "subleaf", "eax", "ebx", "ecx", "edx")))
+
+
+def _msr(d: dict[str, Any]) -> MsrResult:
+    return MsrResult(int(d["cpu"]), int(d["msr"]), int(d["value"]), bool(d["gp"]))
+
+
+def _synic(d: dict[str, Any]) -> SynicState:
+    fields = ("cpu", "sief_gpa", "sim_gpa", "scontrol", "siefp", "simp")
+    return SynicState(*(int(d[k]) for k in fields), faults=frozenset(d["faults"]))
+
+
+def _sint(d: dict[str, Any]) -> SintResult:
+    return SintResult(int(d["cpu"]), int(d["sint"]), int(d["value"]), bool(d["gp"]))
+
+
+def _pages(d: dict[str, Any]) -> SynicPages:
+    return SynicPages(
+        cpu=int(d["cpu"]),
+        synic=bool(d["synic"]),
+        sief_gpa=_opt_int(d["sief_gpa"]),
+        sim_gpa=_opt_int(d["sim_gpa"]),
+        buffer_gpa=int(d["buffer_gpa"]),
+        buffer_bytes=int(d["buffer_bytes"]),
+    )
+
+
+def _hypercall(d: dict[str, Any]) -> HypercallResult:
+    return HypercallResult(
+        cpu=int(d["cpu"]),
+        mode=d["mode"],
+        insn=d["insn"],
+        control=int(d["control"]),
+        fast=bool(d["fast"]),
+        rdx=int(d["rdx"]),
+        r8=int(d["r8"]),
+        ud=bool(d["ud"]),
+        trap=_opt_int(d["trap"]),
+        signal=d["signal"],
+        rax=_opt_int(d["rax"]),
+        status=_opt_int(d["status"]),
+        reps_completed=_opt_int(d["reps_completed"]),
+        output_gpa=_opt_int(d["output_gpa"]),
+        output=bytes.fromhex(d["output"] or ""),
+        xmm=tuple(bytes.fromhex(x) for x in d["xmm"] or ()),
+    )
+
+
+def _slot_bytes(d: dict[str, Any]) -> bytes:
+    data = bytes.fromhex(d["bytes"])
+    _check_size(data, SLOT_BYTES, "slot")
+    return data
+
+
+def _irq_counts(d: dict[str, Any]) -> dict[int, dict[int, int]]:
+    return {
+        int(cpu): {int(vector): int(n) for vector, n in counts.items()}
+        for cpu, counts in d["irqs"].items()
+    }
+
+
+@dataclass(frozen=True)
+class HypercallArgs:
+    """The hypercall command's options; None leaves the CLI's default."""
+
+    control: int
+    cpu: int = 0
+    fast: bool = False
+    input: bytes = b""
+    in_offset: int | None = None
+    out_offset: int | None = None
+    in_gpa: int | None = None
+    out_gpa: int | None = None
+    out_len: int | None = None
+    out_fill: int | None = None
+    xmm: tuple[bytes, ...] = ()
+    insn: Insn = "vmcall"
+    user: bool = False
+
+    def argv(self) -> list[str]:
+        args = ["--cpu", str(self.cpu), "--control", hex(self.control), "--insn", self.insn]
+        args += _flag("--fast", self.fast) + _flag("--user", self.user)
+        if self.input:
+            args += ["--input", self.input.hex()]
+        args += _opt("--in-offset", self.in_offset) + _opt("--out-offset", self.out_offset)
+        args += _opt("--in-gpa", self.in_gpa) + _opt("--out-gpa", self.out_gpa)
+        args += _opt("--out-len", self.out_len) + _opt("--out-fill", self.out_fill)
+        for register in self.xmm:
+            args += ["--xmm", register.hex()]
+        return args
+
+
+class Probe:
+    """The probe in one guest; each method is one `hvprobe` call over SSH."""
+
+    def __init__(self, guest: GuestShell, binary: str = HVPROBE, timeout: float = 60.0) -> None:
+        self.guest = guest
+        self.binary = binary
+        self.timeout = timeout
+
+    def _run(self, args: Sequence[str]) -> CommandResult:
+        command = shlex.join([self.binary, *args])
+        result = self.guest.run(command, timeout=self.timeout)
+        if result.rc != EXIT_NO_MODULE:
+            return result
+        self.load()
+        return self.guest.run(command, timeout=self.timeout)
+
+    def call(self, *args: str | int) -> dict[str, Any]:
+        """Runs `hvprobe ARGS...`, returns its JSON object; HarnessError if it failed."""
+        argv = [str(a) for a in args]
+        result = self._run(argv)
+        verb = argv[0] if argv else "(none)"
+        try:
+            reply = json.loads(result.out)
+        except json.JSONDecodeError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise HarnessError(
+                f"hvprobe {verb} printed no JSON object (rc {result.rc}): "
+                f"{(result.out or result.err).strip()[:200]}",
+                self.guest.commands_log,
+            )
+        if result.rc != 0 or "error" in reply:
+            raise HarnessError(
+                f"hvprobe {verb} failed (rc {result.rc}): {reply.get('error', 'no error text')}",
+                self.guest.commands_log,
+            )
+        return reply
+
+    def _parsed(self, parse: Callable[[dict[str, Any]], T], *args: str | int) -> T:
+        reply = self.call(*args)
+        try:
+            return parse(reply)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HarnessError(
+                f"hvprobe {args[0]} printed unexpected JSON ({exc!r}): {json.dumps(reply)[:200]}",
+                self.guest.commands_log,
+            ) from None
+
+    def load(self) -> None:
+        """Loads the module (the image's rc does at boot; this is for after an rmmod)."""
+        result = self.guest.run(LOAD_MODULE, timeout=self.timeout)
+        if result.rc != 0:
+            raise HarnessError(
+                f"cannot load the hvprobe module: {result.err.strip() or result.out.strip()}",
+                self.guest.commands_log,
+            )
+
+    def info(self) -> ProbeInfo:
+        return self._parsed(_info, "info")
+
+    def cpuid(self, leaf: int, subleaf: int = 0, cpu: int = 0) -> CpuidResult:
+        return self._parsed(_cpuid, "cpuid", "--cpu", cpu, hex(leaf), hex(subleaf))
+
+    def rdmsr(self, msr: int, cpu: int = 0) -> MsrResult:
+        return self._parsed(_msr, "rdmsr", "--cpu", cpu, hex(msr))
+
+    def wrmsr(self, msr: int, value: int, cpu: int = 0) -> MsrResult:
+        return self._parsed(_msr, "wrmsr", "--cpu", cpu, hex(msr), hex(value))
+
+    def synic_setup(
+        self, cpu: int, scontrol: bool = True, sief: bool = True, sim: bool = True
+    ) -> SynicState:
+        flags = _flag("--no-scontrol", not scontrol) + _flag("--no-sief", not sief)
+        flags += _flag("--no-sim", not sim)
+        return self._parsed(_synic, "synic-setup", "--cpu", cpu, *flags)
+
+    def synic_teardown(self, cpu: int) -> SynicState:
+        return self._parsed(_synic, "synic-teardown", "--cpu", cpu)
+
+    def sint(
+        self,
+        cpu: int,
+        sint: int,
+        vector: int,
+        masked: bool = False,
+        auto_eoi: bool = False,
+        polling: bool = False,
+    ) -> SintResult:
+        flags = _flag("--masked", masked) + _flag("--auto-eoi", auto_eoi)
+        flags += _flag("--polling", polling)
+        return self._parsed(_sint, "sint", "--cpu", cpu, "--sint", sint, "--vector", vector, *flags)
+
+    def sint_raw(self, cpu: int, sint: int, value: int) -> SintResult:
+        return self._parsed(_sint, "sint", "--cpu", cpu, "--sint", sint, "--raw", hex(value))
+
+    def hypercall(
+        self,
+        control: int,
+        *,
+        cpu: int = 0,
+        fast: bool = False,
+        input: bytes = b"",
+        in_offset: int | None = None,
+        out_offset: int | None = None,
+        in_gpa: int | None = None,
+        out_gpa: int | None = None,
+        out_len: int | None = None,
+        out_fill: int | None = None,
+        xmm: tuple[bytes, ...] = (),
+        insn: Insn = "vmcall",
+        user: bool = False,
+    ) -> HypercallResult:
+        """One hypercall; the arguments are HypercallArgs' (and the CLI's options)."""
+        return self.hypercall_with(
+            HypercallArgs(
+                control,
+                cpu=cpu,
+                fast=fast,
+                input=input,
+                in_offset=in_offset,
+                out_offset=out_offset,
+                in_gpa=in_gpa,
+                out_gpa=out_gpa,
+                out_len=out_len,
+                out_fill=out_fill,
+                xmm=xmm,
+                insn=insn,
+                user=user,
+            )
+        )
+
+    def hypercall_with(self, args: HypercallArgs) -> HypercallResult:
+        return self._parsed(_hypercall, "hypercall", *args.argv())
+
+    def sief(self, cpu: int, sint: int, clear: bool = False) -> bytes:
+        """The 256 bytes of SIEF slot `sint` on `cpu` (zeroed after reading with clear)."""
+        args = ["--cpu", cpu, "--sint", sint, *_flag("--clear", clear)]
+        return self._parsed(_slot_bytes, "sief", *args)
+
+    def sim(self, cpu: int, sint: int, clear: bool = False) -> bytes:
+        """The 256 bytes of SIM slot `sint` on `cpu`; SimMessage.from_slot decodes it."""
+        args = ["--cpu", cpu, "--sint", sint, *_flag("--clear", clear)]
+        return self._parsed(_slot_bytes, "sim", *args)
+
+    def irqs(self, cpu: int, vector: int) -> int:
+        """Interrupts with `vector` taken on `cpu` since the module was loaded."""
+        counts = self._parsed(_irq_counts, "irqs", "--cpu", cpu, "--vector", vector)
+        try:
+            return counts[cpu][vector]
+        except KeyError:
+            raise HarnessError(
+                f"hvprobe irqs gave no count for cpu {cpu} vector {vector}",
+                self.guest.commands_log,
+            ) from None
+
+    def irq_counts(self, cpu: int | None = None) -> dict[int, dict[int, int]]:
+        """Non-zero counts per CPU (all online CPUs, or one) and vector."""
+        return self._parsed(_irq_counts, "irqs", *_opt("--cpu", cpu))
+
+    def ipi(self, cpu: int, vector: int, from_cpu: int = 0) -> None:
+        """Sends an IPI with `vector` from `from_cpu` to `cpu` (test-only: no hypervisor)."""
+        self.call("ipi", "--from", from_cpu, "--cpu", cpu, "--vector", vector)
+
+    def pages(self, cpu: int) -> SynicPages:
+        return self._parsed(_pages, "pages", "--cpu", cpu)
+
+    def outl(self, port: int, value: int, cpu: int = 0) -> None:
+        """One 32-bit OUT to `port` from `cpu` (e.g. hyperv-testdev's 0x3000)."""
+        self.call("outl", "--cpu", cpu, hex(port), hex(value))
+
+    def inl(self, port: int, cpu: int = 0) -> int:
+        """One 32-bit IN from `port` on `cpu`."""
+        return self._parsed(lambda d: int(d["value"]), "inl", "--cpu", cpu, hex(port))
