@@ -336,6 +336,34 @@ class Probe:
             )
         return reply
 
+    def batch(self, *calls: Sequence[str | int]) -> list[dict[str, Any]]:
+        """Several `hvprobe` calls in one SSH round trip; their JSON objects, in order.
+
+        Under TCG a round trip costs far more than a call, so tests that read
+        several things at once (a SIEF slot and interrupt counts) batch them.
+        """
+        commands = [shlex.join([self.binary, *(str(a) for a in args)]) for args in calls]
+        result = self._run_shell("; ".join(commands))
+        replies = []
+        for line in result.out.splitlines():
+            try:
+                replies.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        if len(replies) != len(calls) or any("error" in r for r in replies):
+            raise HarnessError(
+                f"hvprobe batch of {len(calls)} calls failed: {result.out.strip()[:200]}",
+                self.guest.commands_log,
+            )
+        return replies
+
+    def _run_shell(self, command: str) -> CommandResult:
+        result = self.guest.run(command, timeout=self.timeout)
+        if result.rc != EXIT_NO_MODULE:
+            return result
+        self.load()
+        return self.guest.run(command, timeout=self.timeout)
+
     def _parsed(self, parse: Callable[[dict[str, Any]], T], *args: str | int) -> T:
         reply = self.call(*args)
         try:

@@ -1,0 +1,61 @@
+"""The contract (docs/contract.toml): the rows every test and report reads."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+CONTRACT_FILE = Path(__file__).resolve().parent.parent / "docs" / "contract.toml"
+
+
+class HvStatus(IntEnum):
+    """HV_STATUS values (TLFS)."""
+
+    SUCCESS = 0x0
+    INVALID_HYPERCALL_CODE = 0x2
+    INVALID_HYPERCALL_INPUT = 0x3
+    INVALID_ALIGNMENT = 0x4
+    INVALID_PARAMETER = 0x5
+    ACCESS_DENIED = 0x6
+    INVALID_PARTITION_STATE = 0x7
+    OPERATION_DENIED = 0x8
+    INSUFFICIENT_MEMORY = 0xB
+    INVALID_PARTITION_ID = 0xD
+    INVALID_VP_INDEX = 0xE
+    INVALID_PORT_ID = 0x11
+    INVALID_CONNECTION_ID = 0x12
+    INSUFFICIENT_BUFFERS = 0x13
+    INVALID_VP_STATE = 0x15
+    INVALID_SYNIC_STATE = 0x18
+    INVALID_VTL_STATE = 0x51
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    call: str
+    condition: str
+    status: HvStatus
+    tested: str
+
+    @property
+    def has_guest_test(self) -> bool:
+        return self.tested.startswith("guest-tests/")
+
+
+def load(path: Path = CONTRACT_FILE) -> tuple[Row, ...]:
+    with path.open("rb") as source:
+        data = tomllib.load(source)
+    return tuple(
+        Row(r["id"], r["call"], r["condition"], HvStatus[r["status"]], r["tested"])
+        for r in data["row"]
+    )
+
+
+def row(row_id: str, rows: tuple[Row, ...] | None = None) -> Row:
+    for candidate in rows if rows is not None else load():
+        if candidate.id == row_id:
+            return candidate
+    raise KeyError(f"no contract row {row_id}")
