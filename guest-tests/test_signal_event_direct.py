@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import struct
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -26,14 +25,20 @@ from orchestrator.probe import (
     decode_sief_page,
     slot_flags,
 )
+from orchestrator.signal_direct import (
+    ANY_VP,
+    CALL_CODE,
+    FAST,
+    SELF_PARTITION,
+    VP_INDEX_SELF,
+    direct_call,
+)
+from orchestrator.signal_direct import direct_input as encode_input
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm
 
-CALL = 0x00C0
-FAST = 1 << 16
-SELF_PARTITION = 2**64 - 1
-VP_INDEX_SELF, ANY_VP = 0xFFFFFFFE, 0xFFFFFFFF
+CALL = CALL_CODE
 SCONTROL, SIEFP, SINT0 = 0x40000080, 0x40000082, 0x40000090
 TARGET, OTHER, SINT, VECTOR = 1, 0, 2, 0xE2
 OUT = 8192  # the probe's default output offset in its 16 KiB buffer
@@ -44,13 +49,11 @@ ROWS = load()
 def direct_input(
     vp: int = TARGET, sint: int = SINT, flag: int = 5, partition: int = SELF_PARTITION, vtl: int = 0
 ) -> bytes:
-    return struct.pack("<QIBBH", partition, vp, vtl, sint, flag)
+    return encode_input(vp, sint, flag, partition, vtl)
 
 
 def call(**overrides: object) -> HypercallArgs:
-    fields: dict[str, object] = {"control": CALL, "input": direct_input(), "out_len": 8}
-    fields.update(overrides)
-    return HypercallArgs(**fields)  # type: ignore[arg-type]
+    return direct_call(TARGET, SINT, 5, **overrides)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from types import FrameType
 from orchestrator.artifacts import cache_dir
 from orchestrator.bench import BootSample, measure_boot
 from orchestrator.command import VmOptions
+from orchestrator.demo import Demo
 from orchestrator.errors import HarnessError
 from orchestrator.vm import Vm
 
@@ -55,14 +56,14 @@ def _describe(vm: Vm) -> None:
         f"series {vm.qemu.series_length} patches ({vm.qemu.series_hash or '-'})"
     )
     print(f"guest: kernel {vm.image.kernel_release}, image {vm.image.key}")
-    print(f"boot to SSH: {vm.boot_seconds:.2f}s")
+    print(f"boot to SSH: {vm.boot_seconds:.2f}s ({vm.options.cpus} vCPUs, -cpu {vm.options.cpu})")
     print(f"logs: {vm.logs.dir}")
 
 
 @contextmanager
-def booted(args: argparse.Namespace, kind: str) -> Iterator[Vm]:
+def booted(args: argparse.Namespace, kind: str, options: VmOptions | None = None) -> Iterator[Vm]:
     """A started VM, stopped however the block is left."""
-    vm = Vm(new_log_dir(kind), _options(args))
+    vm = Vm(new_log_dir(kind), options or _options(args))
     with progress("boot"):
         vm.start()
     try:
@@ -120,11 +121,9 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    with booted(args, "demo") as vm:
+    with booted(args, "demo", VmOptions.hyperv(cpus=args.cpus, memory_mb=args.memory)) as vm:
         _describe(vm)
-        for command in ("uname -sr", "nproc", "cat /proc/cmdline"):
-            result = vm.guest.run(command, check=True)
-            print(f"guest$ {command}\n{result.out.rstrip()}")
+        Demo(vm).run()
     print("shut down cleanly")
     return 0
 

@@ -1,0 +1,27 @@
+"""`make demo`'s story, checked against the Hyper-V guest: what it prints is
+what the contract says."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from orchestrator.demo import ERROR_CASES, Demo
+from orchestrator.vm import Vm
+
+pytestmark = pytest.mark.vm
+
+
+def test_demo_shows_new_then_set_then_new_again_and_every_error_row_ok(hv_vm: Vm) -> None:
+    lines: list[str] = []
+    Demo(hv_vm, out=lines.append).run()
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines if line.strip()]
+    table = {c[0]: c[1:] for c in cells}
+
+    assert table["first call"] == ["SUCCESS", "1", "set", "set", "+1"]
+    assert table["second call (already set)"] == ["SUCCESS", "0", "set", "set", "+0"]
+    assert table["third call (guest cleared the flag)"] == ["SUCCESS", "1", "set", "set", "+1"]
+    for case in ERROR_CASES:
+        row = table[case.row_id]
+        assert row[-1] == "ok", f"{case.row_id}: {row}"

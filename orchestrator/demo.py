@@ -1,0 +1,178 @@
+"""The demonstration: HvCallSignalEventDirect from vCPU 0 to vCPU 1, each step
+shown from inside the guest and from the host, then the contract's error rows.
+
+Works against any QEMU: without the series, the calls show what that QEMU
+does instead (#UD under TCG, INVALID_HYPERCALL_CODE from a stock KVM)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from orchestrator.contract import HvStatus, Row, load
+from orchestrator.probe import HypercallArgs, HypercallResult, Probe, decode_sief_page, slot_flags
+from orchestrator.signal_direct import FAST, direct_call, direct_input, newly_signaled
+from orchestrator.vm import Vm
+
+CALLER, TARGET, SINT, VECTOR, FLAG = 0, 1, 2, 0xE2, 42
+SINT0 = 0x40000090
+SINT_MASKED = 1 << 16
+
+
+def describe(result: HypercallResult) -> str:
+    if result.ud:
+        return "#UD (no Hyper-V hypercalls)"
+    if result.status is None:
+        return f"trap {result.trap}"
+    try:
+        return HvStatus(result.status).name
+    except ValueError:
+        return f"status {result.status:#x}"
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    status: str
+    newly: str
+    guest_flag: str
+    host_flag: str
+    interrupts: int
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    row_id: str
+    example: str
+    args: HypercallArgs
+    masked: bool = False
+
+
+ERROR_CASES = (
+    ErrorCase(
+        "C1",
+        "rep count 1 on a simple call",
+        direct_call(TARGET, SINT, FLAG, control=0x00C0 | 1 << 32),
+    ),
+    ErrorCase("C3", "input buffer misaligned by 4", direct_call(TARGET, SINT, FLAG, in_offset=4)),
+    ErrorCase("C4", "fast form", direct_call(TARGET, SINT, FLAG, control=0x00C0 | FAST, fast=True)),
+    ErrorCase(
+        "D1",
+        "TargetPartition 0",
+        direct_call(TARGET, SINT, FLAG, input=direct_input(TARGET, SINT, FLAG, partition=0)),
+    ),
+    ErrorCase(
+        "D2",
+        "TargetVtl 1",
+        direct_call(TARGET, SINT, FLAG, input=direct_input(TARGET, SINT, FLAG, vtl=1)),
+    ),
+    ErrorCase("D3", "TargetSint 16", direct_call(TARGET, 16, FLAG)),
+    ErrorCase("D4", "FlagNumber 2048", direct_call(TARGET, SINT, 2048)),
+    ErrorCase("D5", "TargetVp 7 (2 vCPUs)", direct_call(7, SINT, FLAG)),
+    ErrorCase("D6", "target SINT masked", direct_call(TARGET, SINT, FLAG), masked=True),
+)
+
+
+class Demo:
+    def __init__(self, vm: Vm, out: Callable[[str], None] = print) -> None:
+        self.vm = vm
+        self.probe = Probe(vm.guest)
+        self.out = out
+        self.sief_gpa: int | None = None
+
+    def views(self) -> tuple[str, str, int]:
+        guest = FLAG in slot_flags(self.probe.sief(TARGET, SINT))
+        host = "?"
+        if self.sief_gpa is not None:
+            page = decode_sief_page(self.vm.qmp.read_phys(self.sief_gpa, 4096))
+            host = "set" if FLAG in page[SINT] else "clear"
+        return ("set" if guest else "clear"), host, self.probe.irqs(TARGET, VECTOR)
+
+    def step(self, label: str, args: HypercallArgs) -> Step:
+        before = self.probe.irqs(TARGET, VECTOR)
+        result = self.probe.hypercall_with(args)
+        newly = newly_signaled(result)
+        guest, host, after = self.views()
+        return Step(
+            label,
+            describe(result),
+            "-" if newly is None else str(newly),
+            guest,
+            host,
+            after - before,
+        )
+
+    @contextmanager
+    def synic_on_target(self) -> Iterator[None]:
+        state = self.probe.synic_setup(TARGET)
+        self.sief_gpa = state.sief_gpa
+        self.probe.sint(TARGET, SINT, VECTOR)
+        try:
+            yield
+        finally:
+            self.probe.sint(TARGET, SINT, VECTOR, masked=True)
+            self.probe.synic_teardown(TARGET)
+
+    def run(self) -> None:
+        out = self.out
+        with self.synic_on_target():
+            out(
+                f"SynIC on vCPU {TARGET}: SIEF page at {self.sief_gpa:#x}, "
+                f"SINT{SINT} -> vector {VECTOR:#x}"
+            )
+            out(
+                f"HvCallSignalEventDirect(partition SELF, VP {TARGET}, VTL 0, SINT {SINT}, "
+                f"flag {FLAG}) from vCPU {CALLER}:"
+            )
+            steps = [
+                self.step("first call", direct_call(TARGET, SINT, FLAG, cpu=CALLER)),
+                self.step("second call (already set)", direct_call(TARGET, SINT, FLAG, cpu=CALLER)),
+            ]
+            self.probe.sief(TARGET, SINT, clear=True)
+            steps.append(
+                self.step(
+                    "third call (guest cleared the flag)",
+                    direct_call(TARGET, SINT, FLAG, cpu=CALLER),
+                )
+            )
+            self.print_steps(steps)
+            self.print_error_rows(load())
+
+    def print_steps(self, steps: list[Step]) -> None:
+        header = (
+            "step",
+            "status",
+            "NewlySignaled",
+            "flag (guest)",
+            "flag (host, QMP)",
+            f"interrupts on vCPU {TARGET}",
+        )
+        rows = [
+            (s.label, s.status, s.newly, s.guest_flag, s.host_flag, f"+{s.interrupts}")
+            for s in steps
+        ]
+        self.table(header, rows)
+
+    def print_error_rows(self, contract: tuple[Row, ...]) -> None:
+        expected = {row.id: row for row in contract}
+        rows = []
+        for case in ERROR_CASES:
+            if case.masked:
+                self.probe.sint_raw(TARGET, SINT, SINT_MASKED | VECTOR)
+            try:
+                got = describe(self.probe.hypercall_with(case.args))
+            finally:
+                if case.masked:
+                    self.probe.sint(TARGET, SINT, VECTOR)
+            want = expected[case.row_id].status.name
+            rows.append((case.row_id, case.example, want, got, "ok" if got == want else "DIFFERS"))
+        self.out("")
+        self.out("The contract's error rows (docs/contract.toml), one example each:")
+        self.table(("row", "example", "contract", "this QEMU", ""), rows)
+
+    def table(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        for line in [header, tuple("-" * w for w in widths), *rows]:
+            cells = (str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+            self.out(("  " + "  ".join(cells)).rstrip())
