@@ -191,5 +191,32 @@ def test_system_reset_puts_the_synic_msrs_back(fresh_vm: Vm) -> None:
         for msr in (SCONTROL, SIEFP, SIMP):
             assert probe.rdmsr(msr, cpu=cpu).value == 0, f"MSR {msr:#x} on cpu {cpu}"
         assert [probe.rdmsr(SINT0 + s, cpu=cpu).value for s in range(16)] == [SINT_MASKED] * 16
+    # The host agrees: every SINT masked, nothing enabled, no overlay mapped.
+    for vp, info in fresh_vm.synic.state().items():
+        assert (info.scontrol, info.siefp, info.simp) == (0, 0, 0), vp
+        assert info.sints == (SINT_MASKED,) * 16, vp
+        assert not info.sief_mapped and not info.sim_mapped, vp
     # The rebooted Linux found Hyper-V again and re-enabled its hypercall page.
     assert probe.rdmsr(HYPERCALL).value & 1
+
+
+def test_host_and_guest_agree_on_the_synic(hv_vm: Vm, probe: Probe) -> None:
+    state = probe.synic_setup(1)
+    probe.sint(1, 7, 0xE7, polling=True)
+    try:
+        host = hv_vm.synic.state()[1]
+        assert host.scontrol == probe.rdmsr(SCONTROL, cpu=1).value == 1
+        assert host.siefp == probe.rdmsr(SIEFP, cpu=1).value == state.sief_gpa | 1
+        assert host.simp == probe.rdmsr(SIMP, cpu=1).value == state.sim_gpa | 1
+        assert host.sints[7] == probe.rdmsr(SINT0 + 7, cpu=1).value == (1 << 18) | 0xE7
+        assert host.sief_mapped and host.sim_mapped
+        assert not hv_vm.synic.state()[0].sief_mapped
+    finally:
+        probe.sint(1, 7, 0xE7, masked=True)
+        probe.synic_teardown(1)
+    after = hv_vm.synic.state()[1]
+    assert (after.scontrol, after.sief_mapped, after.sim_mapped) == (0, False, False)
+
+
+def test_a_guest_without_hv_synic_has_no_synic_for_the_host(vm: Vm) -> None:
+    assert vm.synic.state() == {}

@@ -22,7 +22,6 @@ from orchestrator.probe import (
     HypercallArgs,
     HypercallResult,
     Probe,
-    decode_sief_page,
     slot_flags,
 )
 from orchestrator.signal_direct import (
@@ -79,7 +78,10 @@ class Target:
         self.probe.sint(cpu, SINT, VECTOR)
 
     def host_page(self, cpu: int = TARGET) -> dict[int, frozenset[int]]:
-        return decode_sief_page(self.vm.qmp.read_phys(self.sief_gpa[cpu], 4096))
+        """Found by the host itself (x-query-synic), not at the guest's word."""
+        page = self.vm.synic.sief(cpu)
+        assert self.vm.synic.state()[cpu].sief_gpa == self.sief_gpa[cpu]
+        return page
 
     def snapshot(self, cpu: int = TARGET, sint: int = SINT) -> Snapshot:
         slot, target_irqs, other_irqs = self.probe.batch(

@@ -19,6 +19,7 @@ from orchestrator.errors import HarnessError
 from orchestrator.process import QemuProcess
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
+from orchestrator.synic import HostSynic
 
 PORT_ATTEMPTS = 3
 QMP_TIMEOUT = 30.0
@@ -105,6 +106,11 @@ class Vm:
         if self._guest is None:
             raise HarnessError("VM not started")
         return self._guest
+
+    @property
+    def synic(self) -> HostSynic:
+        """The host's view of the SynICs (x-query-synic and SIEF pages)."""
+        return HostSynic(self.qmp)
 
     @property
     def pid(self) -> int | None:
