@@ -110,6 +110,7 @@ def target(hv_vm: Vm) -> Iterator[Target]:
         synic.setup(cpu)
     yield synic
     for cpu in (TARGET, OTHER):
+        synic.clear(cpu)
         probe.sint(cpu, SINT, VECTOR, masked=True)
         probe.synic_teardown(cpu)
 

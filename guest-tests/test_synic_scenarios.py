@@ -55,6 +55,10 @@ def testdev(probe: Probe) -> HypervTestDev:
 def synic(probe: Probe, cpu: int, sint: int, vector: int) -> Iterator[None]:
     """SynIC enabled on `cpu` with SIEF and SIM pages, `sint` unmasked with `vector`."""
     probe.synic_setup(cpu)
+    # QEMU keeps the overlay pages' contents across a SynIC disable (as a
+    # migration needs), so an earlier test's flags or messages may be there.
+    probe.sief(cpu, sint, clear=True)
+    probe.sim(cpu, sint, clear=True)
     probe.sint(cpu, sint, vector)
     try:
         yield

@@ -107,6 +107,8 @@ class Demo:
     def synic_on_target(self) -> Iterator[None]:
         state = self.probe.synic_setup(TARGET)
         self.sief_gpa = state.sief_gpa
+        # QEMU's SIEF page keeps its flags across a SynIC disable: start clean.
+        self.probe.sief(TARGET, SINT, clear=True)
         self.probe.sint(TARGET, SINT, VECTOR)
         try:
             yield
