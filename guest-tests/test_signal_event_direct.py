@@ -19,6 +19,7 @@ import pytest
 from orchestrator.accel import probe_kvm
 from orchestrator.command import HYPERV_CPU
 from orchestrator.contract import HvStatus, load, row
+from orchestrator.hvdefs import PRIVILEGE_POST_MESSAGES, PRIVILEGE_SIGNAL_EVENTS, Msr
 from orchestrator.probe import (
     HypercallArgs,
     HypercallResult,
@@ -39,10 +40,9 @@ from orchestrator.vm import Vm
 pytestmark = pytest.mark.vm
 
 CALL = CALL_CODE
-SCONTROL, SIEFP, SINT0 = 0x40000080, 0x40000082, 0x40000090
+SCONTROL, SIEFP, SINT0 = Msr.SCONTROL, Msr.SIEFP, Msr.SINT0
 TARGET, OTHER, SINT, VECTOR = 1, 0, 2, 0xE2
 OUT = 8192  # the probe's default output offset in its 16 KiB buffer
-POST_MESSAGES_PRIVILEGE, SIGNAL_EVENTS_PRIVILEGE = 1 << 4, 1 << 5  # CPUID 0x40000003 EBX
 FILL = 0xAA
 ROWS = load()
 
@@ -216,8 +216,8 @@ def test_error_row(clean: Target, row_id: str, args: HypercallArgs, state: State
 def test_error_row_c2_without_the_signal_events_privilege(fresh_vm: Vm) -> None:
     probe = Probe(fresh_vm.guest)
     privileges = probe.cpuid(0x40000003).ebx
-    assert not privileges & SIGNAL_EVENTS_PRIVILEGE
-    assert privileges & POST_MESSAGES_PRIVILEGE, "only SignalEvents is withdrawn"
+    assert not privileges & PRIVILEGE_SIGNAL_EVENTS
+    assert privileges & PRIVILEGE_POST_MESSAGES, "only SignalEvents is withdrawn"
     synic = Target(fresh_vm, probe)
     synic.setup(TARGET)
     synic.clear(TARGET)

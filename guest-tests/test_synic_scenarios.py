@@ -14,16 +14,16 @@ from typing import TypeVar
 
 import pytest
 
+from orchestrator.contract import HvStatus
+from orchestrator.hvdefs import FAST, Call, Msr
 from orchestrator.probe import Probe, SimMessage, decode_sief_page, slot_flags
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm
 
-POST_MESSAGE, SIGNAL_EVENT = 0x005C, 0x005D
-FAST = 1 << 16
-SUCCESS = 0
-EOM = 0x40000084
+POST_MESSAGE, SIGNAL_EVENT, EOM = Call.POST_MESSAGE, Call.SIGNAL_EVENT, Msr.EOM
+SUCCESS = HvStatus.SUCCESS
 MESSAGE_FLAG_PENDING = 1
 T = TypeVar("T")
 

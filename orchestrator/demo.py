@@ -11,13 +11,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orchestrator.contract import HvStatus, Row, load
-from orchestrator.probe import HypercallArgs, HypercallResult, Probe, decode_sief_page, slot_flags
-from orchestrator.signal_direct import FAST, direct_call, direct_input, newly_signaled
+from orchestrator.hvdefs import FAST, SINT_MASKED, Call
+from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
+from orchestrator.signal_direct import direct_call, direct_input, newly_signaled
 from orchestrator.vm import Vm
 
 CALLER, TARGET, SINT, VECTOR, FLAG = 0, 1, 2, 0xE2, 42
-SINT0 = 0x40000090
-SINT_MASKED = 1 << 16
 
 
 def describe(result: HypercallResult) -> str:
@@ -53,10 +52,14 @@ ERROR_CASES = (
     ErrorCase(
         "C1",
         "rep count 1 on a simple call",
-        direct_call(TARGET, SINT, FLAG, control=0x00C0 | 1 << 32),
+        direct_call(TARGET, SINT, FLAG, control=Call.SIGNAL_EVENT_DIRECT | 1 << 32),
     ),
     ErrorCase("C3", "input buffer misaligned by 4", direct_call(TARGET, SINT, FLAG, in_offset=4)),
-    ErrorCase("C4", "fast form", direct_call(TARGET, SINT, FLAG, control=0x00C0 | FAST, fast=True)),
+    ErrorCase(
+        "C4",
+        "fast form",
+        direct_call(TARGET, SINT, FLAG, control=Call.SIGNAL_EVENT_DIRECT | FAST, fast=True),
+    ),
     ErrorCase(
         "D1",
         "TargetPartition 0",
@@ -79,15 +82,17 @@ class Demo:
         self.vm = vm
         self.probe = Probe(vm.guest)
         self.out = out
-        self.sief_gpa: int | None = None
 
     def views(self) -> tuple[str, str, int]:
+        """The flag as the guest sees it, as the host finds it (x-query-synic and
+        guest memory, without the guest's word), and the target's interrupts."""
         guest = FLAG in slot_flags(self.probe.sief(TARGET, SINT))
-        host = "?"
-        if self.sief_gpa is not None:
-            page = decode_sief_page(self.vm.qmp.read_phys(self.sief_gpa, 4096))
-            host = "set" if FLAG in page[SINT] else "clear"
-        return ("set" if guest else "clear"), host, self.probe.irqs(TARGET, VECTOR)
+        host = FLAG in self.vm.synic.sief(TARGET)[SINT]
+        return (
+            ("set" if guest else "clear"),
+            ("set" if host else "clear"),
+            self.probe.irqs(TARGET, VECTOR),
+        )
 
     def step(self, label: str, args: HypercallArgs) -> Step:
         before = self.probe.irqs(TARGET, VECTOR)
@@ -105,8 +110,7 @@ class Demo:
 
     @contextmanager
     def synic_on_target(self) -> Iterator[None]:
-        state = self.probe.synic_setup(TARGET)
-        self.sief_gpa = state.sief_gpa
+        self.probe.synic_setup(TARGET)
         # QEMU's SIEF page keeps its flags across a SynIC disable: start clean.
         self.probe.sief(TARGET, SINT, clear=True)
         self.probe.sint(TARGET, SINT, VECTOR)
@@ -119,8 +123,9 @@ class Demo:
     def run(self) -> None:
         out = self.out
         with self.synic_on_target():
+            host = self.vm.synic.state()[TARGET]
             out(
-                f"SynIC on vCPU {TARGET}: SIEF page at {self.sief_gpa:#x}, "
+                f"SynIC on vCPU {TARGET}: SIEF page at {host.sief_gpa:#x} (per x-query-synic), "
                 f"SINT{SINT} -> vector {VECTOR:#x}"
             )
             out(

@@ -116,9 +116,9 @@ def hv_vm(pytestconfig: pytest.Config) -> Iterator[Vm]:
 def fresh_vm(request: pytest.FixtureRequest) -> Iterator[Vm]:
     """A guest of this test's own, with options from @pytest.mark.vm_options(...)."""
     marker = request.node.get_closest_marker("vm_options")
-    options = VmOptions(**marker.kwargs) if marker else VmOptions()
-    if request.node.get_closest_marker("hyperv"):
-        options = VmOptions.hyperv(**(marker.kwargs if marker else {}))
+    kwargs = marker.kwargs if marker else {}
+    hyperv = request.node.get_closest_marker("hyperv") is not None
+    options = VmOptions.hyperv(**kwargs) if hyperv else VmOptions(**kwargs)
     log_dir = _test_dir(request.config, request.node.nodeid) / "fresh-vm"
     booted = _boot(request.config, log_dir, options, f"fresh-vm-{id(request)}")
     yield booted

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import struct
 
+from orchestrator.hvdefs import FAST, Call
 from orchestrator.probe import HypercallArgs, HypercallResult
 
-CALL_CODE = 0x00C0
-FAST = 1 << 16
+__all__ = ["FAST", "direct_call", "direct_input", "newly_signaled"]
+
+CALL_CODE = Call.SIGNAL_EVENT_DIRECT
 SELF_PARTITION = 2**64 - 1
 VP_INDEX_SELF, ANY_VP = 0xFFFFFFFE, 0xFFFFFFFF
 OUTPUT_BYTES = 8
