@@ -12,7 +12,6 @@ import json
 import shlex
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 
 import pytest
 
@@ -26,6 +25,7 @@ from orchestrator.probe import (
     Probe,
     slot_flags,
 )
+from orchestrator.sief_watch import SiefWatch
 from orchestrator.signal_direct import (
     ANY_VP,
     CALL_CODE,
@@ -57,68 +57,22 @@ def call(**overrides: object) -> HypercallArgs:
     return direct_call(TARGET, SINT, 5, **overrides)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """What a call may change: the target's SIEF page and the interrupts."""
-
-    guest_slot: bytes
-    host_page: dict[int, frozenset[int]]
-    irqs: tuple[int, int]
-
-
-class Target:
-    """The SynIC of the target vCPU, and the views of it the tests compare."""
-
-    def __init__(self, vm: Vm, probe: Probe) -> None:
-        self.vm = vm
-        self.probe = probe
-        self.sief_gpa: dict[int, int] = {}
-
-    def setup(self, cpu: int) -> None:
-        state = self.probe.synic_setup(cpu)
-        self.sief_gpa[cpu] = state.sief_gpa
-        self.probe.sint(cpu, SINT, VECTOR)
-
-    def host_page(self, cpu: int = TARGET) -> dict[int, frozenset[int]]:
-        """Found by the host itself (x-query-synic), not at the guest's word."""
-        page = self.vm.synic.sief(cpu)
-        assert self.vm.synic.state()[cpu].sief_gpa == self.sief_gpa[cpu]
-        return page
-
-    def snapshot(self, cpu: int = TARGET, sint: int = SINT) -> Snapshot:
-        slot, target_irqs, other_irqs = self.probe.batch(
-            ["sief", "--cpu", cpu, "--sint", sint],
-            ["irqs", "--cpu", TARGET, "--vector", VECTOR],
-            ["irqs", "--cpu", OTHER, "--vector", VECTOR],
-        )
-        return Snapshot(
-            guest_slot=bytes.fromhex(slot["bytes"]),
-            host_page=self.host_page(cpu),
-            irqs=(
-                target_irqs["irqs"][str(TARGET)][str(VECTOR)],
-                other_irqs["irqs"][str(OTHER)][str(VECTOR)],
-            ),
-        )
-
-    def clear(self, cpu: int = TARGET) -> None:
-        self.probe.batch(*(["sief", "--cpu", cpu, "--sint", s, "--clear"] for s in range(16)))
+def watch(vm: Vm, probe: Probe) -> SiefWatch:
+    """SINT `SINT` of the target and the other vCPU; irqs are (target, other)."""
+    return SiefWatch(vm, probe, SINT, VECTOR, cpus=(TARGET, OTHER))
 
 
 @pytest.fixture(scope="module")
-def target(hv_vm: Vm) -> Iterator[Target]:
-    probe = Probe(hv_vm.guest)
-    synic = Target(hv_vm, probe)
+def target(hv_vm: Vm) -> Iterator[SiefWatch]:
+    synic = watch(hv_vm, Probe(hv_vm.guest))
     for cpu in (TARGET, OTHER):
         synic.setup(cpu)
     yield synic
-    for cpu in (TARGET, OTHER):
-        synic.clear(cpu)
-        probe.sint(cpu, SINT, VECTOR, masked=True)
-        probe.synic_teardown(cpu)
+    synic.teardown()
 
 
 @pytest.fixture
-def clean(target: Target) -> Target:
+def clean(target: SiefWatch) -> SiefWatch:
     target.clear(TARGET)
     target.clear(OTHER)
     return target
@@ -197,7 +151,7 @@ def output_as_laid_out(args: HypercallArgs) -> bytes:
     ("row_id", "args", "state"),
     [pytest.param(r, a, s, id=f"{r}-{label}") for r, label, a, s in ERROR_CASES],
 )
-def test_error_row(clean: Target, row_id: str, args: HypercallArgs, state: State) -> None:
+def test_error_row(clean: SiefWatch, row_id: str, args: HypercallArgs, state: State) -> None:
     expected = row(row_id, ROWS).status
     before = clean.snapshot()
     with state(clean.probe):
@@ -218,7 +172,7 @@ def test_error_row_c2_without_the_signal_events_privilege(fresh_vm: Vm) -> None:
     privileges = probe.cpuid(0x40000003).ebx
     assert not privileges & PRIVILEGE_SIGNAL_EVENTS
     assert privileges & PRIVILEGE_POST_MESSAGES, "only SignalEvents is withdrawn"
-    synic = Target(fresh_vm, probe)
+    synic = watch(fresh_vm, probe)
     synic.setup(TARGET)
     synic.clear(TARGET)
 
@@ -249,7 +203,7 @@ def newly_signaled(result: HypercallResult) -> int:
 
 
 @pytest.mark.parametrize("caller", [TARGET, OTHER], ids=["self", "other-vcpu"])
-def test_new_flag_interrupts_once_and_a_set_flag_does_not(clean: Target, caller: int) -> None:
+def test_new_flag_interrupts_once_and_a_set_flag_does_not(clean: SiefWatch, caller: int) -> None:
     probe = clean.probe
     before = clean.snapshot()
     first = probe.hypercall_with(call(cpu=caller, input=direct_input(flag=9)))
@@ -269,7 +223,7 @@ def test_new_flag_interrupts_once_and_a_set_flag_does_not(clean: Target, caller:
     assert clean.snapshot().irqs == (before.irqs[0] + 2, before.irqs[1])
 
 
-def test_polling_sint_gets_the_flag_without_an_interrupt(clean: Target) -> None:
+def test_polling_sint_gets_the_flag_without_an_interrupt(clean: SiefWatch) -> None:
     probe = clean.probe
     probe.sint(TARGET, SINT, VECTOR, polling=True)
     try:
@@ -281,7 +235,7 @@ def test_polling_sint_gets_the_flag_without_an_interrupt(clean: Target) -> None:
         probe.sint(TARGET, SINT, VECTOR)
 
 
-def test_auto_eoi_sint_is_delivered_and_does_not_block_the_next(clean: Target) -> None:
+def test_auto_eoi_sint_is_delivered_and_does_not_block_the_next(clean: SiefWatch) -> None:
     # Auto-EOI is not emulated under TCG (docs/hyperv-tcg.md): the interrupt
     # comes as a normal one, which the guest ends; two in a row both arrive.
     probe = clean.probe
@@ -296,7 +250,7 @@ def test_auto_eoi_sint_is_delivered_and_does_not_block_the_next(clean: Target) -
         probe.sint(TARGET, SINT, VECTOR)
 
 
-def test_every_sint_gets_its_flag_and_its_vector(clean: Target) -> None:
+def test_every_sint_gets_its_flag_and_its_vector(clean: SiefWatch) -> None:
     probe = clean.probe
     for sint in range(16):
         vector = 0xD0 + sint
@@ -315,7 +269,7 @@ def test_every_sint_gets_its_flag_and_its_vector(clean: Target) -> None:
 
 
 @pytest.mark.parametrize("flag", [0, 1, 7, 8, 255, 2047])
-def test_flag_number_lands_on_its_bit(clean: Target, flag: int) -> None:
+def test_flag_number_lands_on_its_bit(clean: SiefWatch, flag: int) -> None:
     result = clean.probe.hypercall_with(call(input=direct_input(flag=flag)))
     assert newly_signaled(result) == 1
     slot = clean.probe.sief(TARGET, SINT)
@@ -330,7 +284,7 @@ def test_flag_number_lands_on_its_bit(clean: Target, flag: int) -> None:
     ids=["0-0", "8-8", "in-4080", "out-4088", "second-page"],
 )
 def test_buffers_anywhere_aligned_within_a_page(
-    clean: Target, in_offset: int, out_offset: int
+    clean: SiefWatch, in_offset: int, out_offset: int
 ) -> None:
     result = clean.probe.hypercall_with(
         call(in_offset=in_offset, out_offset=out_offset, input=direct_input(flag=11))
@@ -339,7 +293,7 @@ def test_buffers_anywhere_aligned_within_a_page(
     assert clean.host_page()[SINT] == {11}
 
 
-def test_racing_callers_see_newly_signaled_exactly_once(clean: Target) -> None:
+def test_racing_callers_see_newly_signaled_exactly_once(clean: SiefWatch) -> None:
     probe = clean.probe
     for trial in range(5):
         probe.sief(TARGET, SINT, clear=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import FAST, Call, Msr
+from orchestrator.polling import eventually
 from orchestrator.probe import Probe, SimMessage, decode_sief_page, slot_flags
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
@@ -26,19 +27,6 @@ POST_MESSAGE, SIGNAL_EVENT, EOM = Call.POST_MESSAGE, Call.SIGNAL_EVENT, Msr.EOM
 SUCCESS = HvStatus.SUCCESS
 MESSAGE_FLAG_PENDING = 1
 T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], what: str, timeout: float = 10.0) -> T:
-    """QEMU finishes SignalEvent and PostMessage in its main loop, after the
-    hypercall has returned: poll for the effect, bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

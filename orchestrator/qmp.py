@@ -79,8 +79,8 @@ class Qmp:
         try:
             result = self._sync(self._client.execute(command, args), timeout)
         except ExecuteError as exc:
-            self._write("<<<", {"error": {"class": exc.error_class, "desc": exc.error_desc}})
-            raise QmpCommandError(command, exc.error_class, exc.error_desc, self.log) from None
+            self._write("<<<", {"error": {"class": exc.error_class, "desc": str(exc)}})
+            raise QmpCommandError(command, exc.error_class, str(exc), self.log) from None
         except (TimeoutError, QMPError, OSError) as exc:
             self._write("!!!", {"exception": repr(exc)})
             raise HarnessError(f"QMP {command} failed: {exc!r}", self.log) from None

@@ -2,7 +2,10 @@
 
 The write's bytes are, from low to high: SINT, VP index, command, connection
 id. Message connections post back what the guest posted to them; event
-connections set the flag whose number is their connection id.
+connections set the flag whose number is their connection id. Port commands
+(qemu-patches 0020) put the port id in the connection id's byte; PORT_CREATE
+takes base flag, flag count and type from the register at 0x3004, written
+first, and CONN_SET_PORT takes the port id in the SINT's byte.
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from orchestrator.ports import Port
+
 TESTDEV_PORT = 0x3000
+TESTDEV_ARG_PORT = 0x3004
+PORT_TYPES = {"message": 1, "event": 2, "monitor": 3}
 
 
 class Command(IntEnum):
@@ -22,6 +29,10 @@ class Command(IntEnum):
     MSG_CONN_DESTROY = 5
     EVT_CONN_CREATE = 6
     EVT_CONN_DESTROY = 7
+    PORT_CREATE = 8
+    PORT_DELETE = 9
+    CONN_SET_PORT = 10
+    CONN_DELETE = 11
 
 
 def encode(command: Command, vp: int = 0, sint: int = 0, connection: int = 0) -> int:
@@ -29,6 +40,12 @@ def encode(command: Command, vp: int = 0, sint: int = 0, connection: int = 0) ->
         if not 0 <= value <= 0xFF:
             raise ValueError(f"{name} {value} does not fit the testdev's byte")
     return sint | vp << 8 | int(command) << 16 | connection << 24
+
+
+def encode_port_arg(port: Port) -> int:
+    if not 0 <= port.base_flag <= 0xFFFF or not 0 <= port.flag_count <= 0xFFF:
+        raise ValueError(f"{port} does not fit the testdev's argument register")
+    return port.base_flag | port.flag_count << 16 | PORT_TYPES[port.type] << 28
 
 
 class PortWriter(Protocol):
@@ -64,3 +81,16 @@ class HypervTestDev:
 
     def evt_conn_destroy(self, connection: int) -> None:
         self._send(Command.EVT_CONN_DESTROY, connection=connection)
+
+    def port_create(self, port: Port) -> None:
+        self.port.outl(TESTDEV_ARG_PORT, encode_port_arg(port))
+        self._send(Command.PORT_CREATE, port.vp, port.sint, port.port_id)
+
+    def port_delete(self, port_id: int) -> None:
+        self._send(Command.PORT_DELETE, connection=port_id)
+
+    def conn_set_port(self, connection: int, port_id: int) -> None:
+        self._send(Command.CONN_SET_PORT, sint=port_id, connection=connection)
+
+    def conn_delete(self, connection: int) -> None:
+        self._send(Command.CONN_DELETE, connection=connection)

@@ -16,6 +16,7 @@ from orchestrator.artifacts import GuestImage, QemuBuild, find_image, find_qemu,
 from orchestrator.command import Launch, LaunchPaths, VmOptions, render
 from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
+from orchestrator.ports import HostPorts
 from orchestrator.process import QemuProcess
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
@@ -111,6 +112,11 @@ class Vm:
     def synic(self) -> HostSynic:
         """The host's view of the SynICs (x-query-synic and SIEF pages)."""
         return HostSynic(self.qmp)
+
+    @property
+    def ports(self) -> HostPorts:
+        """The event ports and connections QEMU holds (x-hv-port-* commands)."""
+        return HostPorts(self.qmp)
 
     @property
     def pid(self) -> int | None:

@@ -1,0 +1,432 @@
+"""HvCallSignalEvent (0x005D) through event ports, row by row of
+docs/contract.toml (E1..E7, and C1..C3 as they apply to this call), from
+inside a guest (the probe) and from the host (SIEF pages and the port table
+over QMP).
+
+Ports and connections are made by the host (x-hv-port-*), or by the guest
+through hyperv-testdev. Every error case asserts its status and that nothing
+changed on either vCPU: SIEF slot (guest and host view) and interrupts.
+Every success asserts the bit base + FlagNumber on the port's target VP in
+both views, exactly one interrupt there on a newly set flag, none elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
+
+import pytest
+
+from orchestrator.command import HYPERV_CPU
+from orchestrator.contract import HvStatus, load, row
+from orchestrator.hvdefs import PRIVILEGE_SIGNAL_EVENTS, SINT_MASKED, Msr
+from orchestrator.polling import eventually
+from orchestrator.ports import Port
+from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
+from orchestrator.qmp import QmpCommandError
+from orchestrator.sief_watch import SiefWatch, Snapshot
+from orchestrator.signal_event import CALL_CODE, event_call
+from orchestrator.testdev import HypervTestDev
+from orchestrator.vm import Vm
+
+pytestmark = pytest.mark.vm
+
+TARGET, OTHER, SINT, VECTOR = 1, 0, 2, 0xE2
+CPUS = (TARGET, OTHER)  # the order of Snapshot's tuples
+CONN = 0x20
+PORT = Port(port_id=0x10, vp=TARGET, sint=SINT, base_flag=100, flag_count=8)
+DEVICE_CONN = 0x21  # < 256: hyperv-testdev's byte; it sets flag DEVICE_CONN
+ROWS = load()
+
+
+def status(row_id: str) -> HvStatus:
+    return row(row_id, ROWS).status
+
+
+@dataclass(frozen=True)
+class Env:
+    vm: Vm
+    watch: SiefWatch
+    testdev: HypervTestDev
+
+    @property
+    def probe(self) -> Probe:
+        return self.watch.probe
+
+    def signal(self, args: HypercallArgs) -> HypercallResult:
+        result = self.probe.hypercall_with(args)
+        assert not result.ud and result.reps_completed == 0, result
+        return result
+
+
+@pytest.fixture(scope="module")
+def env(hv_vm: Vm) -> Iterator[Env]:
+    probe = Probe(hv_vm.guest)
+    watch = SiefWatch(hv_vm, probe, SINT, VECTOR, cpus=CPUS)
+    for cpu in CPUS:
+        watch.setup(cpu)
+    yield Env(hv_vm, watch, HypervTestDev(probe))
+    watch.teardown()
+    hv_vm.ports.clear()
+
+
+@pytest.fixture
+def clean(env: Env) -> Iterator[Env]:
+    for cpu in CPUS:
+        env.watch.clear(cpu)
+    yield env
+    env.vm.ports.clear()
+
+
+def flags_on(env: Env, cpu: int) -> frozenset[int]:
+    """The flags in SINT's slot on `cpu`, guest view, checked against the host's."""
+    guest_view = slot_flags(env.probe.sief(cpu, SINT))
+    assert env.watch.host_page(cpu)[SINT] == guest_view, "guest and host disagree"
+    return guest_view
+
+
+def irqs_plus(before: Snapshot, cpu: int) -> tuple[int, ...]:
+    """`before`'s interrupt counts with one more on `cpu`."""
+    return tuple(n + (c == cpu) for c, n in zip(CPUS, before.irqs, strict=True))
+
+
+# --- error rows: (row, label, what to arrange first, the call) ---
+
+Arrange = Callable[[Env], AbstractContextManager[None]]
+
+
+def connected(port: Port = PORT, connection: int = CONN) -> Arrange:
+    @contextmanager
+    def arrange(env: Env) -> Iterator[None]:
+        env.vm.ports.create(port)
+        env.vm.ports.connect(connection, port.port_id)
+        yield
+
+    return arrange
+
+
+def then(first: Arrange, step: Callable[[Env], None]) -> Arrange:
+    @contextmanager
+    def arrange(env: Env) -> Iterator[None]:
+        with first(env):
+            step(env)
+            yield
+
+    return arrange
+
+
+def nothing(env: Env) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def target_msr(msr: int, value: int) -> Arrange:
+    """`msr` of the target VP set to `value` around the call alone: the
+    snapshots on either side need the SynIC as set up."""
+
+    @contextmanager
+    def around(env: Env) -> Iterator[None]:
+        saved = env.probe.rdmsr(msr, cpu=TARGET).value
+        assert not env.probe.wrmsr(msr, value, cpu=TARGET).gp
+        try:
+            yield
+        finally:
+            env.probe.wrmsr(msr, saved, cpu=TARGET)
+
+    return around
+
+
+@contextmanager
+def device_connection(env: Env) -> Iterator[None]:
+    env.testdev.evt_conn_create(TARGET, SINT, DEVICE_CONN)
+    try:
+        yield
+    finally:
+        env.testdev.evt_conn_destroy(DEVICE_CONN)
+
+
+ErrorCase = (
+    tuple[str, str, Arrange, HypercallArgs] | tuple[str, str, Arrange, HypercallArgs, Arrange]
+)
+
+ERROR_CASES: list[ErrorCase] = [
+    ("C1", "reserved-control-bit-27", connected(), event_call(CONN, control=CALL_CODE | 1 << 27)),
+    ("C1", "rep-count", connected(), event_call(CONN, control=CALL_CODE | 1 << 32)),
+    *[
+        ("C3", f"input-misaligned-{n}", connected(), event_call(CONN, in_offset=n))
+        for n in (1, 4, 7)
+    ],
+    ("C3", "input-in-mmio", connected(), event_call(CONN, in_gpa=0xFEC00000)),
+    ("C3", "input-beyond-ram", connected(), event_call(CONN, in_gpa=0x1000_0000_0000)),
+    *[
+        (row_id, f"{label}-{form}", connected(), args)
+        for form, fast in (("memory", False), ("fast", True))
+        for row_id, label, args in (
+            ("E1", "connection-bit-24", event_call(CONN | 1 << 24, fast=fast)),
+            ("E1", "connection-bit-31", event_call(CONN | 1 << 31, fast=fast)),
+            ("E1", "rsvdz-bit-0", event_call(CONN, fast=fast, reserved=1)),
+            ("E1", "rsvdz-bit-15", event_call(CONN, 1, fast=fast, reserved=0x8000)),
+        )
+    ],
+    ("E2", "never-connected", nothing, event_call(0x77)),
+    ("E2", "port-id-is-no-connection", connected(), event_call(PORT.port_id)),
+    (
+        "E2",
+        "disconnected",
+        then(connected(), lambda env: env.vm.ports.disconnect(CONN)),
+        event_call(CONN),
+    ),
+    (
+        "E3",
+        "port-deleted",
+        then(connected(), lambda env: env.vm.ports.delete(PORT.port_id)),
+        event_call(CONN),
+    ),
+    ("E3", "message-port", connected(replace(PORT, type="message")), event_call(CONN)),
+    ("E3", "monitor-port", connected(replace(PORT, type="monitor")), event_call(CONN)),
+    ("E4", "flag-count", connected(), event_call(CONN, PORT.flag_count)),
+    ("E4", "flag-65535", connected(), event_call(CONN, 0xFFFF)),
+    ("E4", "flag-count-fast", connected(), event_call(CONN, PORT.flag_count, fast=True)),
+    ("E4", "count-1-flag-1", connected(replace(PORT, flag_count=1)), event_call(CONN, 1)),
+    ("E4", "device-owned-flag-1", device_connection, event_call(DEVICE_CONN, 1)),
+    ("E5", "vp-2", connected(replace(PORT, vp=2)), event_call(CONN)),
+    ("E5", "vp-any", connected(replace(PORT, vp=0xFFFFFFFF)), event_call(CONN)),
+    ("E6", "scontrol-disabled", connected(), event_call(CONN), target_msr(Msr.SCONTROL, 0)),
+    ("E6", "siefp-disabled", connected(), event_call(CONN), target_msr(Msr.SIEFP, 0)),
+    (
+        "E6",
+        "sint-masked",
+        connected(),
+        event_call(CONN),
+        target_msr(Msr.SINT0 + SINT, SINT_MASKED | VECTOR),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("row_id", "arrange", "args", "around"),
+    [
+        pytest.param(
+            case[0],
+            case[2],
+            case[3],
+            case[4] if len(case) > 4 else nothing,
+            id=f"{case[0]}-{case[1]}",
+        )
+        for case in ERROR_CASES
+    ],
+)
+def test_error_row(
+    clean: Env, row_id: str, arrange: Arrange, args: HypercallArgs, around: Arrange
+) -> None:
+    with arrange(clean):
+        before = clean.watch.snapshot()
+        with around(clean):
+            result = clean.signal(args)
+        assert result.status == status(row_id), f"{row_id}: got {result.status!r}"
+        assert clean.watch.snapshot() == before, f"{row_id} changed a SIEF slot or interrupted"
+
+
+def test_every_signal_event_row_has_cases_here() -> None:
+    covered = {case[0] for case in ERROR_CASES} | {"C2", "E7"}
+    wanted = {r.id for r in ROWS if r.call == "SignalEvent" and r.has_guest_test}
+    assert wanted == {f"E{n}" for n in range(1, 8)}
+    assert wanted <= covered
+
+
+# --- E7: success ---
+
+
+def signalled(env: Env, args: HypercallArgs) -> None:
+    assert env.signal(args).status == HvStatus.SUCCESS
+
+
+SUCCESS_CASES = [
+    pytest.param(Port(0x10, TARGET, SINT, 0, 1), 0, TARGET, False, id="base-0-count-1"),
+    pytest.param(Port(0x10, TARGET, SINT, 100, 8), 0, TARGET, False, id="base-100-flag-0"),
+    pytest.param(Port(0x10, TARGET, SINT, 100, 8), 7, TARGET, False, id="base-100-flag-7"),
+    pytest.param(Port(0x10, TARGET, SINT, 100, 8), 5, TARGET, True, id="base-100-flag-5-fast"),
+    pytest.param(Port(0x10, TARGET, SINT, 2047, 1), 0, TARGET, False, id="base-2047"),
+    pytest.param(Port(0x10, TARGET, SINT, 0, 2048), 2047, TARGET, False, id="count-2048"),
+    pytest.param(Port(0x10, TARGET, SINT, 5, 2043), 2042, TARGET, True, id="count-2048-minus-base"),
+    pytest.param(Port(0x10, TARGET, SINT, 64, 8), 3, OTHER, False, id="cross-vcpu-to-1"),
+    pytest.param(Port(0x10, OTHER, SINT, 300, 4), 1, TARGET, True, id="cross-vcpu-to-0"),
+]
+
+
+@pytest.mark.parametrize(("port", "flag", "caller", "fast"), SUCCESS_CASES)
+def test_flag_base_plus_number_is_set_once_with_one_interrupt(
+    clean: Env, port: Port, flag: int, caller: int, fast: bool
+) -> None:
+    clean.vm.ports.create(port)
+    clean.vm.ports.connect(CONN, port.port_id)
+    others = {cpu: flags_on(clean, cpu) for cpu in CPUS if cpu != port.vp}
+    before = clean.watch.snapshot()
+
+    signalled(clean, event_call(CONN, flag, fast=fast, cpu=caller))
+    assert flags_on(clean, port.vp) == {port.bit(flag)}
+    assert {cpu: flags_on(clean, cpu) for cpu in others} == others
+    assert clean.watch.snapshot().irqs == irqs_plus(before, port.vp)
+
+    # Already set: success, no second interrupt.
+    signalled(clean, event_call(CONN, flag, fast=fast, cpu=caller))
+    assert clean.watch.snapshot().irqs == irqs_plus(before, port.vp)
+
+
+def test_polling_sint_gets_the_flag_without_an_interrupt(clean: Env) -> None:
+    clean.vm.ports.create(PORT)
+    clean.vm.ports.connect(CONN, PORT.port_id)
+    clean.probe.sint(TARGET, SINT, VECTOR, polling=True)
+    try:
+        before = clean.watch.snapshot()
+        signalled(clean, event_call(CONN, 2))
+        assert flags_on(clean, TARGET) == {PORT.bit(2)}
+        assert clean.watch.snapshot().irqs == before.irqs
+    finally:
+        clean.probe.sint(TARGET, SINT, VECTOR)
+
+
+def test_repointed_connection_signals_its_new_port(clean: Env) -> None:
+    first = clean.vm.ports.create(Port(0x11, TARGET, SINT, base_flag=10, flag_count=1))
+    second = clean.vm.ports.create(Port(0x12, OTHER, SINT, base_flag=20, flag_count=4))
+    clean.vm.ports.connect(CONN, first.port_id)
+    assert clean.signal(event_call(CONN, 3)).status == status("E4")  # first has one flag
+
+    signalled(clean, event_call(CONN, 0))
+    assert flags_on(clean, TARGET) == {10}
+
+    clean.vm.ports.connect(CONN, second.port_id)
+    assert clean.vm.ports.table().connections[CONN] == second.port_id
+    before = clean.watch.snapshot()
+    signalled(clean, event_call(CONN, 3))
+    assert flags_on(clean, OTHER) == {23}
+    assert flags_on(clean, TARGET) == {10}, "the old port's VP saw nothing more"
+    assert clean.watch.snapshot().irqs == irqs_plus(before, OTHER)
+
+
+def test_port_deleted_while_connections_remain(clean: Env) -> None:
+    ports = clean.vm.ports
+    ports.create(PORT)
+    for connection in (CONN, CONN + 1):
+        ports.connect(connection, PORT.port_id)
+    ports.delete(PORT.port_id)
+    table = ports.table()
+    assert PORT.port_id not in table.ports
+    assert table.connections[CONN] == table.connections[CONN + 1] == PORT.port_id
+
+    before = clean.watch.snapshot()
+    for connection in (CONN, CONN + 1):
+        assert clean.signal(event_call(connection)).status == status("E3")
+    assert clean.watch.snapshot() == before
+
+    # A port created again under that id serves the remaining connections.
+    ports.create(replace(PORT, base_flag=500))
+    signalled(clean, event_call(CONN, 1))
+    signalled(clean, event_call(CONN + 1, 2))
+    assert flags_on(clean, TARGET) == {501, 502}
+
+
+def test_device_owned_connection_is_still_notified(clean: Env) -> None:
+    with device_connection(clean):
+        assert clean.vm.ports.table().connections[DEVICE_CONN] is None
+        clean.vm.ports.create(PORT)
+        with pytest.raises(QmpCommandError, match="owned by a device"):
+            clean.vm.ports.connect(DEVICE_CONN, PORT.port_id)
+        before = clean.watch.snapshot()
+        signalled(clean, event_call(DEVICE_CONN, 0))
+        # The device sets the flag from QEMU's main loop, after the call.
+        eventually(lambda: DEVICE_CONN in flags_on(clean, TARGET), "the device's flag")
+        assert flags_on(clean, TARGET) == {DEVICE_CONN}
+        eventually(
+            lambda: clean.watch.snapshot().irqs == irqs_plus(before, TARGET), "one interrupt"
+        )
+    assert DEVICE_CONN not in clean.vm.ports.table().connections
+
+
+def test_guest_made_port_through_hyperv_testdev(clean: Env) -> None:
+    port = Port(0x30, TARGET, SINT, base_flag=40, flag_count=4)
+    connection = 0x31
+    clean.testdev.port_create(port)
+    clean.testdev.conn_set_port(connection, port.port_id)
+    table = clean.vm.ports.table()
+    assert table.ports[port.port_id] == port
+    assert table.connections[connection] == port.port_id
+
+    before = clean.watch.snapshot()
+    signalled(clean, event_call(connection, 3))
+    assert flags_on(clean, TARGET) == {43}
+    assert clean.watch.snapshot().irqs == irqs_plus(before, TARGET)
+    assert clean.signal(event_call(connection, 4)).status == status("E4")
+
+    clean.testdev.port_delete(port.port_id)
+    assert clean.signal(event_call(connection, 0)).status == status("E3")
+    clean.testdev.conn_delete(connection)
+    assert clean.signal(event_call(connection, 0)).status == status("E2")
+    assert clean.vm.ports.table().connections.get(connection) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("x-hv-port-create", {"port-id": 1, "vp-index": 0, "sint": 16}, "SINT 16"),
+        ("x-hv-port-create", {"port-id": 1 << 24, "vp-index": 0, "sint": 0}, "24 bits"),
+        (
+            "x-hv-port-create",
+            {"port-id": 1, "vp-index": 0, "sint": 0, "base-flag": 2000, "flag-count": 49},
+            "2048",
+        ),
+        ("x-hv-port-create", {"port-id": 1, "vp-index": 0, "sint": 0, "flag-count": 0}, "range"),
+        ("x-hv-port-create", {"port-id": PORT.port_id, "vp-index": 0, "sint": 0}, "exists"),
+        ("x-hv-port-delete", {"port-id": 0x99}, "no port"),
+        ("x-hv-connection-set", {"connection-id": 1, "port-id": 0x99}, "no port"),
+        ("x-hv-connection-set", {"connection-id": 1 << 24, "port-id": PORT.port_id}, "24 bits"),
+        ("x-hv-connection-delete", {"connection-id": 0x99}, "no connection"),
+    ],
+    ids=[
+        "sint-16",
+        "port-id-25-bits",
+        "flags-past-2048",
+        "flag-count-0",
+        "duplicate-port",
+        "delete-unknown-port",
+        "connect-unknown-port",
+        "connection-id-25-bits",
+        "delete-unknown-connection",
+    ],
+)
+def test_bad_port_commands_are_qmp_errors(
+    clean: Env, command: str, args: dict[str, object], message: str
+) -> None:
+    clean.vm.ports.create(PORT)
+    before = clean.vm.ports.table()
+    with pytest.raises(QmpCommandError, match=message):
+        clean.vm.qmp.execute(command, args)
+    assert clean.vm.ports.table() == before
+    assert clean.vm.qmp.status() == "running"
+
+
+@pytest.mark.hyperv
+@pytest.mark.vm_options(cpu=HYPERV_CPU + ",x-hv-signal-events=off")
+def test_c2_signal_event_without_the_privilege(fresh_vm: Vm) -> None:
+    probe = Probe(fresh_vm.guest)
+    assert not probe.cpuid(0x40000003).ebx & PRIVILEGE_SIGNAL_EVENTS
+    watch = SiefWatch(fresh_vm, probe, SINT, VECTOR, cpus=(TARGET,))
+    watch.setup(TARGET)
+    fresh_vm.ports.create(PORT)
+    fresh_vm.ports.connect(CONN, PORT.port_id)
+
+    before = watch.snapshot()
+    for fast in (False, True):
+        assert probe.hypercall_with(event_call(CONN, 1, fast=fast)).status == status("C2")
+    assert watch.snapshot() == before
+    # C1 comes first.
+    args = event_call(CONN, control=CALL_CODE | 1 << 27)
+    assert probe.hypercall_with(args).status == status("C1")
+
+
+@pytest.mark.hyperv
+def test_ports_survive_a_reset(fresh_vm: Vm) -> None:
+    fresh_vm.ports.create(PORT)
+    fresh_vm.ports.connect(CONN, PORT.port_id)
+    before = fresh_vm.ports.table()
+    fresh_vm.qmp.reset()
+    assert fresh_vm.ports.table() == before
