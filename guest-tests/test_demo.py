@@ -13,7 +13,9 @@ from orchestrator.vm import Vm
 pytestmark = pytest.mark.vm
 
 
-def test_demo_shows_new_then_set_then_new_again_and_every_error_row_ok(hv_vm: Vm) -> None:
+def test_demo_shows_new_then_set_then_new_again_a_port_signal_and_every_error_row_ok(
+    hv_vm: Vm,
+) -> None:
     lines: list[str] = []
     Demo(hv_vm, out=lines.append).run()
     cells = [re.split(r"\s{2,}", line.strip()) for line in lines if line.strip()]
@@ -22,6 +24,11 @@ def test_demo_shows_new_then_set_then_new_again_and_every_error_row_ok(hv_vm: Vm
     assert table["first call"] == ["SUCCESS", "1", "set", "set", "+1"]
     assert table["second call (already set)"] == ["SUCCESS", "0", "set", "set", "+0"]
     assert table["third call (guest cleared the flag)"] == ["SUCCESS", "1", "set", "set", "+1"]
+    # SignalEvent through the port: SIEF bit base + FlagNumber.
+    assert any("sets SIEF bit 100 + 5 = 105" in line for line in lines), lines
+    assert table["first signal"] == ["SUCCESS", "-", "set", "set", "+1"]
+    assert table["second signal (already set)"] == ["SUCCESS", "-", "set", "set", "+0"]
+    assert hv_vm.ports.table().ports == {}, "the demo removes its port"
     for case in ERROR_CASES:
         row = table[case.row_id]
         assert row[-1] == "ok", f"{case.row_id}: {row}"

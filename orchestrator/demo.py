@@ -1,4 +1,5 @@
-"""The demonstration: HvCallSignalEventDirect from vCPU 0 to vCPU 1, each step
+"""The demonstration: HvCallSignalEventDirect from vCPU 0 to vCPU 1, then
+HvCallSignalEvent through an event port with a non-zero base flag, each step
 shown from inside the guest and from the host, then the contract's error rows.
 
 Works against any QEMU: without the series, the calls show what that QEMU
@@ -12,11 +13,17 @@ from dataclasses import dataclass
 
 from orchestrator.contract import HvStatus, Row, load
 from orchestrator.hvdefs import FAST, SINT_MASKED, Call
+from orchestrator.ports import Port
 from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
+from orchestrator.qmp import QmpCommandError
 from orchestrator.signal_direct import direct_call, direct_input, newly_signaled
+from orchestrator.signal_event import event_call
 from orchestrator.vm import Vm
 
 CALLER, TARGET, SINT, VECTOR, FLAG = 0, 1, 2, 0xE2, 42
+# SignalEvent: connection CONNECTION -> PORT, whose flag EVENT_FLAG is SIEF bit 105
+PORT = Port(port_id=0x10, vp=TARGET, sint=SINT, base_flag=100, flag_count=8)
+CONNECTION, EVENT_FLAG = 0x20, 5
 
 
 def describe(result: HypercallResult) -> str:
@@ -74,6 +81,14 @@ ERROR_CASES = (
     ErrorCase("D4", "FlagNumber 2048", direct_call(TARGET, SINT, 2048)),
     ErrorCase("D5", "TargetVp 7 (2 vCPUs)", direct_call(7, SINT, FLAG)),
     ErrorCase("D6", "target SINT masked", direct_call(TARGET, SINT, FLAG), masked=True),
+    ErrorCase("E1", "ConnectionId bit 24", event_call(CONNECTION | 1 << 24)),
+    ErrorCase("E2", "ConnectionId 0x77 (none)", event_call(0x77)),
+    ErrorCase(
+        "E4",
+        f"FlagNumber {PORT.flag_count} (count {PORT.flag_count})",
+        event_call(CONNECTION, PORT.flag_count),
+    ),
+    ErrorCase("E6", "port's SINT masked", event_call(CONNECTION), masked=True),
 )
 
 
@@ -83,22 +98,22 @@ class Demo:
         self.probe = Probe(vm.guest)
         self.out = out
 
-    def views(self) -> tuple[str, str, int]:
-        """The flag as the guest sees it, as the host finds it (x-query-synic and
-        guest memory, without the guest's word), and the target's interrupts."""
-        guest = FLAG in slot_flags(self.probe.sief(TARGET, SINT))
-        host = FLAG in self.vm.synic.sief(TARGET)[SINT]
+    def views(self, bit: int) -> tuple[str, str, int]:
+        """SIEF bit `bit` as the guest sees it, as the host finds it (x-query-synic
+        and guest memory, without the guest's word), and the target's interrupts."""
+        guest = bit in slot_flags(self.probe.sief(TARGET, SINT))
+        host = bit in self.vm.synic.sief(TARGET)[SINT]
         return (
             ("set" if guest else "clear"),
             ("set" if host else "clear"),
             self.probe.irqs(TARGET, VECTOR),
         )
 
-    def step(self, label: str, args: HypercallArgs) -> Step:
+    def step(self, label: str, args: HypercallArgs, bit: int = FLAG) -> Step:
         before = self.probe.irqs(TARGET, VECTOR)
         result = self.probe.hypercall_with(args)
-        newly = newly_signaled(result)
-        guest, host, after = self.views()
+        newly = newly_signaled(result) if args.out_len else None
+        guest, host, after = self.views(bit)
         return Step(
             label,
             describe(result),
@@ -144,7 +159,49 @@ class Demo:
                 )
             )
             self.print_steps(steps)
-            self.print_error_rows(load())
+            with self.event_port() as ready:
+                if ready:
+                    self.signal_event_through_the_port()
+                self.print_error_rows(load())
+
+    @contextmanager
+    def event_port(self) -> Iterator[bool]:
+        """PORT with CONNECTION to it, made by the host; False where this QEMU
+        has no event ports."""
+        ports = self.vm.ports
+        try:
+            ports.create(PORT)
+            ports.connect(CONNECTION, PORT.port_id)
+        except QmpCommandError as exc:
+            self.out("")
+            self.out(f"No event ports in this QEMU ({exc.desc}): SignalEvent skipped.")
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            ports.clear()
+
+    def signal_event_through_the_port(self) -> None:
+        bit = PORT.bit(EVENT_FLAG)
+        self.out("")
+        self.out(
+            f"Event port {PORT.port_id:#x}: VP {PORT.vp}, SINT {PORT.sint}, base flag "
+            f"{PORT.base_flag}, {PORT.flag_count} flags; connection {CONNECTION:#x} -> it "
+            "(x-hv-port-create, x-hv-connection-set)"
+        )
+        self.out(
+            f"HvCallSignalEvent(connection {CONNECTION:#x}, flag {EVENT_FLAG}) from vCPU "
+            f"{CALLER} sets SIEF bit {PORT.base_flag} + {EVENT_FLAG} = {bit}:"
+        )
+        steps = [
+            self.step("first signal", event_call(CONNECTION, EVENT_FLAG, cpu=CALLER), bit),
+            self.step(
+                "second signal (already set)", event_call(CONNECTION, EVENT_FLAG, cpu=CALLER), bit
+            ),
+        ]
+        self.probe.sief(TARGET, SINT, clear=True)
+        self.print_steps(steps)
 
     def print_steps(self, steps: list[Step]) -> None:
         header = (
