@@ -8,12 +8,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup host venv qemu image test test-unit demo bench-boot \
+.PHONY: help setup host venv qemu image test test-unit demo fuzz bench-boot \
         qemu-dev qemu-export check-series lint clean distclean
 
 help:
 	@echo "make demo         build everything needed, boot a guest, show what it does"
 	@echo "make test         build everything needed, run all tests (PYTEST_ARGS=...)"
+	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
 	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
@@ -53,6 +54,9 @@ test-unit: venv
 
 demo: qemu image
 	@$(PY) -m orchestrator demo
+
+fuzz: qemu image
+	@$(PY) -m orchestrator fuzz --seed $(or $(SEED),1) --cases $(or $(CASES),400)
 
 bench-boot: qemu image
 	@$(PY) -m orchestrator bench-boot --runs $(or $(RUNS),5)

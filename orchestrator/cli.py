@@ -19,6 +19,8 @@ from orchestrator.bench import BootSample, measure_boot
 from orchestrator.command import VmOptions
 from orchestrator.demo import Demo
 from orchestrator.errors import HarnessError
+from orchestrator.fuzz import Fuzzer, summary
+from orchestrator.probe import Probe
 from orchestrator.vm import Vm
 
 
@@ -128,6 +130,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    options = VmOptions.hyperv(cpus=2, memory_mb=args.memory)
+    with booted(args, "fuzz", options) as vm:
+        _describe(vm)
+        outcomes = Fuzzer(vm, Probe(vm.guest)).fuzz(args.seed, args.cases)
+    for line in summary(outcomes):
+        print(line)
+    failed = sum(1 for o in outcomes if o.problem)
+    print(f"seed {args.seed}: {len(outcomes)} cases, {failed} not as the contract says")
+    return 1 if failed else 0
+
+
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     samples: list[BootSample] = []
     for run in range(1, args.runs + 1):
@@ -162,6 +176,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs="+")
     run.set_defaults(fn=cmd_run)
     sub.add_parser("demo", help="the demonstration").set_defaults(fn=cmd_demo)
+    fuzz = sub.add_parser("fuzz", help="random calls checked against docs/contract.toml")
+    fuzz.add_argument("--seed", type=int, default=1)
+    fuzz.add_argument("--cases", type=int, default=400)
+    fuzz.set_defaults(fn=cmd_fuzz)
     bench = sub.add_parser("bench-boot", help="boot-to-SSH against kernel-to-init")
     bench.add_argument("--runs", type=int, default=5)
     bench.set_defaults(fn=cmd_bench_boot)

@@ -1,0 +1,265 @@
+"""The contract fuzzer: random HvCallSignalEventDirect and HvCallSignalEvent
+calls, drawn towards the edges of every row, each checked against the row of
+docs/contract.toml that the contract says applies first.
+
+The guest's state is fixed for a run: both vCPUs have their SynIC on, SINT 2
+unmasked, SINT 3 unmasked in polling mode, every other SINT masked; the host
+makes the ports in PORTS and the connections in CONNECTIONS (one to a port
+it then deletes). A case passes when its status is the predicted row's and
+its effect is the row's: on success exactly the one bit on the one VP and
+SINT, and one interrupt unless the SINT polls; on an error, no bit and no
+interrupt. The watched SIEF slots are read and cleared after every case;
+cases go to the guest in batches, one SSH round trip each.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from orchestrator.contract import Row, load, row
+from orchestrator.hvdefs import FAST, Call
+from orchestrator.ports import Port
+from orchestrator.probe import HypercallArgs, Probe, slot_flags
+from orchestrator.signal_direct import ANY_VP, SELF_PARTITION, VP_INDEX_SELF, direct_call
+from orchestrator.signal_direct import direct_input as encode_direct
+from orchestrator.signal_event import event_call
+from orchestrator.vm import Vm
+
+CPUS = (0, 1)
+VECTORS = {2: 0xE2, 3: 0xE3}  # the unmasked SINTs
+POLLING = {3}
+WATCHED = tuple((cpu, sint) for cpu in CPUS for sint in VECTORS)
+# Control-word bits that make any call C1: rep count, rep start, a reserved bit, nested
+BAD_CONTROL = (1 << 32, 1 << 48, 1 << 27, 1 << 44, 1 << 60, 1 << 31, 1 << 17)
+
+PORTS = (
+    Port(0x40, vp=1, sint=2, base_flag=100, flag_count=8),
+    Port(0x41, vp=0, sint=2, base_flag=0, flag_count=2048),
+    Port(0x42, vp=1, sint=3, base_flag=2040, flag_count=8),
+    Port(0x43, vp=1, sint=2, type="message"),
+    Port(0x44, vp=5, sint=2),
+    Port(0x45, vp=0, sint=9, base_flag=7, flag_count=4),
+)
+DELETED_PORT = Port(0x46, vp=0, sint=2)
+CONNECTIONS = {0x50 + i: port.port_id for i, port in enumerate((*PORTS, DELETED_PORT))}
+LIVE_PORTS = {port.port_id: port for port in PORTS}
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    args: HypercallArgs
+    row_id: str  # the row the contract says applies
+    effect: tuple[int, int, int] | None = None  # (cpu, sint, bit) on success
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    status: int | None
+    problem: str | None  # None: as the contract says
+
+
+def _pick(rng: random.Random, common: Sequence[int], edges: Sequence[int]) -> int:
+    """A usual value three times in four, else an edge."""
+    return rng.choice(common) if rng.random() < 0.75 else rng.choice(edges)
+
+
+def _control_fault(rng: random.Random, args: HypercallArgs) -> tuple[HypercallArgs, str] | None:
+    """Now and then a call that C1 or C3 catches before its own checks."""
+    draw = rng.random()
+    if draw < 0.06:
+        bit = rng.choice(BAD_CONTROL)
+        return replace(args, control=args.control | bit), "C1"
+    if draw < 0.12 and not args.fast:
+        return replace(args, in_offset=rng.randrange(1, 8)), "C3"
+    return None
+
+
+def direct_case(rng: random.Random) -> Case:
+    partition = _pick(rng, [SELF_PARTITION], [0, 1, SELF_PARTITION - 1, rng.getrandbits(64)])
+    vp = _pick(rng, CPUS, [2, 5, VP_INDEX_SELF, ANY_VP, rng.getrandbits(32)])
+    vtl = _pick(rng, [0], [1, 2, 255])
+    sint = _pick(rng, [2, 3], [0, 9, 15, 16, 255])
+    flag = _pick(rng, [rng.randrange(2048), 0, 2047], [2048, 2049, 65535])
+    label = f"direct vp={vp:#x} vtl={vtl} sint={sint} flag={flag} partition={partition:#x}"
+    args = direct_call(
+        vp, sint, flag, cpu=rng.choice(CPUS), input=encode_direct(vp, sint, flag, partition, vtl)
+    )
+    if rng.random() < 0.04:
+        fast = replace(args, control=Call.SIGNAL_EVENT_DIRECT | FAST, fast=True)
+        return Case(label + " fast", fast, "C4")
+    fault = _control_fault(rng, args)
+    if fault:
+        return Case(label, fault[0], fault[1])
+    checks = (
+        ("D1", partition != SELF_PARTITION),
+        ("D2", vtl != 0),
+        ("D3", sint >= 16),
+        ("D4", flag >= 2048),
+        ("D5", vp not in CPUS),
+        ("D6", sint not in VECTORS),
+    )
+    for row_id, applies in checks:
+        if applies:
+            return Case(label, args, row_id)
+    return Case(label, args, "D7", (vp, sint, flag))
+
+
+def event_case(rng: random.Random) -> Case:
+    connections = list(CONNECTIONS)
+    connection = _pick(
+        rng,
+        connections,
+        [0x57, rng.getrandbits(24), rng.choice(connections) | rng.randrange(1, 256) << 24],
+    )
+    port = LIVE_PORTS.get(CONNECTIONS.get(connection, -1))
+    count = port.flag_count if port else 1
+    flag = _pick(rng, [0, rng.randrange(count), count - 1], [count, 2047, 2048, 65535])
+    reserved = 0 if rng.random() < 0.9 else rng.randrange(1, 1 << 16)
+    fast = rng.random() < 0.5
+    label = f"event connection={connection:#x} flag={flag} rsvdz={reserved:#x} fast={fast}"
+    args = event_call(connection, flag, fast=fast, reserved=reserved, cpu=rng.choice(CPUS))
+    fault = _control_fault(rng, args)
+    if fault:
+        return Case(label, fault[0], fault[1])
+    checks = (
+        ("E1", connection >> 24 != 0 or reserved != 0),
+        ("E2", connection not in CONNECTIONS),
+        ("E3", port is None or port.type != "event"),
+        ("E4", port is not None and flag >= port.flag_count),
+        ("E5", port is not None and port.vp not in CPUS),
+        ("E6", port is not None and port.sint not in VECTORS),
+    )
+    for row_id, applies in checks:
+        if applies:
+            return Case(label, args, row_id)
+    assert port is not None
+    return Case(label, args, "E7", (port.vp, port.sint, port.bit(flag)))
+
+
+def cases(seed: int, count: int) -> list[Case]:
+    """`count` cases, half for each call, the same for the same seed."""
+    rng = random.Random(seed)
+    return [direct_case(rng) if i % 2 == 0 else event_case(rng) for i in range(count)]
+
+
+def _irq_totals(reply: dict[str, Any]) -> dict[tuple[int, int], int]:
+    return {
+        (cpu, vector): int(reply["irqs"].get(str(cpu), {}).get(str(vector), 0))
+        for cpu in CPUS
+        for vector in VECTORS.values()
+    }
+
+
+class Fuzzer:
+    def __init__(self, vm: Vm, probe: Probe, rows: tuple[Row, ...] | None = None) -> None:
+        self.vm = vm
+        self.probe = probe
+        self.rows = rows if rows is not None else load()
+
+    @contextmanager
+    def arranged(self) -> Iterator[None]:
+        """The fixed state every case is predicted against; undone on exit."""
+        for cpu in CPUS:
+            self.probe.synic_setup(cpu)
+            for sint, vector in VECTORS.items():
+                self.probe.sint(cpu, sint, vector, polling=sint in POLLING)
+                self.probe.sief(cpu, sint, clear=True)
+        ports = self.vm.ports
+        try:
+            for port in (*PORTS, DELETED_PORT):
+                ports.create(port)
+            for connection, port_id in CONNECTIONS.items():
+                ports.connect(connection, port_id)
+            ports.delete(DELETED_PORT.port_id)
+            yield
+        finally:
+            ports.clear()
+            for cpu in CPUS:
+                for sint, vector in VECTORS.items():
+                    self.probe.sint(cpu, sint, vector, masked=True)
+                self.probe.synic_teardown(cpu)
+
+    def run(self, batch: Sequence[Case], irqs: dict[tuple[int, int], int]) -> list[Outcome]:
+        """Runs `batch` in one round trip; `irqs` (the totals so far) is updated."""
+        # per case: the call, then its effect read (and the slots cleared)
+        per_case = 2 + len(WATCHED)
+        replies = self.probe.batch(
+            *(
+                command
+                for case in batch
+                for command in (
+                    ["hypercall", *case.args.argv()],
+                    *(["sief", "--cpu", cpu, "--sint", sint, "--clear"] for cpu, sint in WATCHED),
+                    ["irqs"],
+                )
+            )
+        )
+        outcomes = []
+        for i, case in enumerate(batch):
+            call, *slots, counts = replies[i * per_case : (i + 1) * per_case]
+            flags = {
+                where: slot_flags(bytes.fromhex(slot["bytes"]))
+                for where, slot in zip(WATCHED, slots, strict=True)
+            }
+            totals = _irq_totals(counts)
+            delta = {key: totals[key] - irqs[key] for key in totals}
+            irqs.update(totals)
+            problem = self.check(case, call, flags, delta)
+            outcomes.append(Outcome(case, call.get("status"), problem))
+        return outcomes
+
+    def check(
+        self,
+        case: Case,
+        call: dict[str, Any],
+        flags: dict[tuple[int, int], frozenset[int]],
+        delta: dict[tuple[int, int], int],
+    ) -> str | None:
+        want = row(case.row_id, self.rows).status
+        if call.get("ud") or call.get("status") != want:
+            return (
+                f"status {call.get('status')!r} (ud {call.get('ud')}), {case.row_id} says {want:#x}"
+            )
+        want_flags = {where: frozenset() for where in WATCHED}
+        want_irqs = dict.fromkeys(delta, 0)
+        if case.effect is not None:
+            cpu, sint, bit = case.effect
+            want_flags[(cpu, sint)] = frozenset({bit})
+            if sint not in POLLING:
+                want_irqs[(cpu, VECTORS[sint])] = 1
+            if case.row_id == "D7" and bytes.fromhex(call["output"])[:1] != b"\x01":
+                return f"NewlySignaled {call['output'][:2]} after clearing the slot"
+        if flags != want_flags:
+            return f"SIEF flags {flags}, want {want_flags}"
+        if delta != want_irqs:
+            return f"interrupts {delta}, want {want_irqs}"
+        return None
+
+    def fuzz(self, seed: int, count: int, batch: int = 8) -> list[Outcome]:
+        todo = cases(seed, count)
+        outcomes: list[Outcome] = []
+        with self.arranged():
+            irqs = _irq_totals(self.probe.call("irqs"))
+            for start in range(0, len(todo), batch):
+                outcomes += self.run(todo[start : start + batch], irqs)
+        return outcomes
+
+
+def summary(outcomes: Sequence[Outcome]) -> list[str]:
+    """A line per row (cases, failures), then one per failing case."""
+    by_row = Counter(o.case.row_id for o in outcomes)
+    failed = [o for o in outcomes if o.problem]
+    failing_rows = Counter(o.case.row_id for o in failed)
+    lines = [
+        f"{row_id}: {n} cases, {failing_rows[row_id]} failed"
+        for row_id, n in sorted(by_row.items())
+    ]
+    lines += [f"FAILED {o.case.row_id} {o.case.label}: {o.problem}" for o in failed]
+    return lines

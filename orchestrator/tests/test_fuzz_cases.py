@@ -1,0 +1,40 @@
+"""The fuzzer's predictions, without a guest: stable per seed, every row
+reachable, and each prediction consistent with the inputs it was drawn for."""
+
+from __future__ import annotations
+
+from orchestrator.fuzz import CONNECTIONS, CPUS, LIVE_PORTS, VECTORS, cases
+from orchestrator.probe import FLAGS_PER_SLOT
+
+
+def test_same_seed_same_cases_other_seed_other_cases() -> None:
+    assert cases(7, 50) == cases(7, 50)
+    assert cases(7, 50) != cases(8, 50)
+
+
+def test_every_row_but_c2_is_drawn() -> None:
+    rows = {case.row_id for case in cases(1, 400)}
+    assert rows == {"C1", "C3", "C4"} | {f"D{n}" for n in range(1, 8)} | {
+        f"E{n}" for n in range(1, 8)
+    }
+
+
+def test_successes_target_a_live_vp_sint_and_bit() -> None:
+    for case in cases(3, 400):
+        if case.row_id in ("D7", "E7"):
+            assert case.effect is not None
+            cpu, sint, bit = case.effect
+            assert cpu in CPUS and sint in VECTORS and 0 <= bit < FLAGS_PER_SLOT
+        else:
+            assert case.effect is None, case
+
+
+def test_event_successes_land_inside_their_port() -> None:
+    for case in cases(5, 400):
+        if case.row_id != "E7":
+            continue
+        connection = int.from_bytes(case.args.input[:4], "little")
+        flag = int.from_bytes(case.args.input[4:6], "little")
+        port = LIVE_PORTS[CONNECTIONS[connection]]
+        assert flag < port.flag_count
+        assert case.effect == (port.vp, port.sint, port.base_flag + flag)
