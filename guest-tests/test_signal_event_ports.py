@@ -144,21 +144,28 @@ def device_connection(env: Env) -> Iterator[None]:
         env.testdev.evt_conn_destroy(DEVICE_CONN)
 
 
-ErrorCase = (
-    tuple[str, str, Arrange, HypercallArgs] | tuple[str, str, Arrange, HypercallArgs, Arrange]
-)
+@dataclass(frozen=True)
+class ErrorCase:
+    row_id: str
+    label: str
+    arrange: Arrange  # before the first snapshot
+    args: HypercallArgs
+    around: Arrange = nothing  # around the call alone
+
 
 ERROR_CASES: list[ErrorCase] = [
-    ("C1", "reserved-control-bit-27", connected(), event_call(CONN, control=CALL_CODE | 1 << 27)),
-    ("C1", "rep-count", connected(), event_call(CONN, control=CALL_CODE | 1 << 32)),
+    ErrorCase(
+        "C1", "reserved-control-bit-27", connected(), event_call(CONN, control=CALL_CODE | 1 << 27)
+    ),
+    ErrorCase("C1", "rep-count", connected(), event_call(CONN, control=CALL_CODE | 1 << 32)),
     *[
-        ("C3", f"input-misaligned-{n}", connected(), event_call(CONN, in_offset=n))
+        ErrorCase("C3", f"input-misaligned-{n}", connected(), event_call(CONN, in_offset=n))
         for n in (1, 4, 7)
     ],
-    ("C3", "input-in-mmio", connected(), event_call(CONN, in_gpa=0xFEC00000)),
-    ("C3", "input-beyond-ram", connected(), event_call(CONN, in_gpa=0x1000_0000_0000)),
+    ErrorCase("C3", "input-in-mmio", connected(), event_call(CONN, in_gpa=0xFEC00000)),
+    ErrorCase("C3", "input-beyond-ram", connected(), event_call(CONN, in_gpa=0x1000_0000_0000)),
     *[
-        (row_id, f"{label}-{form}", connected(), args)
+        ErrorCase(row_id, f"{label}-{form}", connected(), args)
         for form, fast in (("memory", False), ("fast", True))
         for row_id, label, args in (
             ("E1", "connection-bit-24", event_call(CONN | 1 << 24, fast=fast)),
@@ -167,32 +174,34 @@ ERROR_CASES: list[ErrorCase] = [
             ("E1", "rsvdz-bit-15", event_call(CONN, 1, fast=fast, reserved=0x8000)),
         )
     ],
-    ("E2", "never-connected", nothing, event_call(0x77)),
-    ("E2", "port-id-is-no-connection", connected(), event_call(PORT.port_id)),
-    (
+    ErrorCase("E2", "never-connected", nothing, event_call(0x77)),
+    ErrorCase("E2", "port-id-is-no-connection", connected(), event_call(PORT.port_id)),
+    ErrorCase(
         "E2",
         "disconnected",
         then(connected(), lambda env: env.vm.ports.disconnect(CONN)),
         event_call(CONN),
     ),
-    (
+    ErrorCase(
         "E3",
         "port-deleted",
         then(connected(), lambda env: env.vm.ports.delete(PORT.port_id)),
         event_call(CONN),
     ),
-    ("E3", "message-port", connected(replace(PORT, type="message")), event_call(CONN)),
-    ("E3", "monitor-port", connected(replace(PORT, type="monitor")), event_call(CONN)),
-    ("E4", "flag-count", connected(), event_call(CONN, PORT.flag_count)),
-    ("E4", "flag-65535", connected(), event_call(CONN, 0xFFFF)),
-    ("E4", "flag-count-fast", connected(), event_call(CONN, PORT.flag_count, fast=True)),
-    ("E4", "count-1-flag-1", connected(replace(PORT, flag_count=1)), event_call(CONN, 1)),
-    ("E4", "device-owned-flag-1", device_connection, event_call(DEVICE_CONN, 1)),
-    ("E5", "vp-2", connected(replace(PORT, vp=2)), event_call(CONN)),
-    ("E5", "vp-any", connected(replace(PORT, vp=0xFFFFFFFF)), event_call(CONN)),
-    ("E6", "scontrol-disabled", connected(), event_call(CONN), target_msr(Msr.SCONTROL, 0)),
-    ("E6", "siefp-disabled", connected(), event_call(CONN), target_msr(Msr.SIEFP, 0)),
-    (
+    ErrorCase("E3", "message-port", connected(replace(PORT, type="message")), event_call(CONN)),
+    ErrorCase("E3", "monitor-port", connected(replace(PORT, type="monitor")), event_call(CONN)),
+    ErrorCase("E4", "flag-count", connected(), event_call(CONN, PORT.flag_count)),
+    ErrorCase("E4", "flag-65535", connected(), event_call(CONN, 0xFFFF)),
+    ErrorCase("E4", "flag-count-fast", connected(), event_call(CONN, PORT.flag_count, fast=True)),
+    ErrorCase("E4", "count-1-flag-1", connected(replace(PORT, flag_count=1)), event_call(CONN, 1)),
+    ErrorCase("E4", "device-owned-flag-1", device_connection, event_call(DEVICE_CONN, 1)),
+    ErrorCase("E5", "vp-2", connected(replace(PORT, vp=2)), event_call(CONN)),
+    ErrorCase("E5", "vp-any", connected(replace(PORT, vp=0xFFFFFFFF)), event_call(CONN)),
+    ErrorCase(
+        "E6", "scontrol-disabled", connected(), event_call(CONN), target_msr(Msr.SCONTROL, 0)
+    ),
+    ErrorCase("E6", "siefp-disabled", connected(), event_call(CONN), target_msr(Msr.SIEFP, 0)),
+    ErrorCase(
         "E6",
         "sint-masked",
         connected(),
@@ -203,31 +212,19 @@ ERROR_CASES: list[ErrorCase] = [
 
 
 @pytest.mark.parametrize(
-    ("row_id", "arrange", "args", "around"),
-    [
-        pytest.param(
-            case[0],
-            case[2],
-            case[3],
-            case[4] if len(case) > 4 else nothing,
-            id=f"{case[0]}-{case[1]}",
-        )
-        for case in ERROR_CASES
-    ],
+    "case", [pytest.param(case, id=f"{case.row_id}-{case.label}") for case in ERROR_CASES]
 )
-def test_error_row(
-    clean: Env, row_id: str, arrange: Arrange, args: HypercallArgs, around: Arrange
-) -> None:
-    with arrange(clean):
+def test_error_row(clean: Env, case: ErrorCase) -> None:
+    with case.arrange(clean):
         before = clean.watch.snapshot()
-        with around(clean):
-            result = clean.signal(args)
-        assert result.status == status(row_id), f"{row_id}: got {result.status!r}"
-        assert clean.watch.snapshot() == before, f"{row_id} changed a SIEF slot or interrupted"
+        with case.around(clean):
+            result = clean.signal(case.args)
+        assert result.status == status(case.row_id), f"{case.row_id}: got {result.status!r}"
+        assert clean.watch.snapshot() == before, f"{case.row_id} changed a SIEF slot or interrupted"
 
 
 def test_every_signal_event_row_has_cases_here() -> None:
-    covered = {case[0] for case in ERROR_CASES} | {"C2", "E7"}
+    covered = {case.row_id for case in ERROR_CASES} | {"C2", "E7"}
     wanted = {r.id for r in ROWS if r.call == "SignalEvent" and r.has_guest_test}
     assert wanted == {f"E{n}" for n in range(1, 8)}
     assert wanted <= covered
