@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup host venv qemu image test test-unit demo fuzz bench-boot \
+.PHONY: help setup host venv qemu image test test-unit demo fuzz bench-boot bench-signal \
         qemu-dev qemu-export check-series lint clean distclean
 
 help:
@@ -16,6 +16,7 @@ help:
 	@echo "make test         build everything needed, run all tests (PYTEST_ARGS=...)"
 	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
+	@echo "make bench-signal per-call cost of each signalling path (CALLS=, RUNS=)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
 	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
 	@echo "make qemu-export  write ./qemu-dev's commits back to qemu-patches/"
@@ -60,6 +61,9 @@ fuzz: qemu image
 
 bench-boot: qemu image
 	@$(PY) -m orchestrator bench-boot --runs $(or $(RUNS),5)
+
+bench-signal: qemu image
+	@$(PY) -m orchestrator bench-signal --calls $(or $(CALLS),2000) --runs $(or $(RUNS),3)
 
 qemu-dev: setup
 	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh dev

@@ -163,6 +163,17 @@ def test_a_kernel_mode_hypercall_is_ud_and_the_guest_goes_on(
     assert probe.cpuid(0).eax >= 1
 
 
+def test_repeat_runs_the_call_n_times_and_times_them(vm: Vm, probe: Probe) -> None:
+    skip_if_hyperv(probe)
+    reply = probe.call("hypercall", "--cpu", 1, "--control", "0xc0", "--repeat", 50)
+    assert (reply["cpu"], reply["ud"], reply["repeat"]) == (1, True, 50)
+    assert reply["elapsed_ns"] > 0
+    single = probe.call("hypercall", "--cpu", 1, "--control", "0xc0")
+    assert "repeat" not in single and "elapsed_ns" not in single
+    log = kernel_log(vm.guest)
+    assert "invalid opcode" not in log and "Oops" not in log
+
+
 @pytest.mark.parametrize("insn", ["vmcall", "vmmcall"])
 def test_a_user_mode_hypercall_is_ud(probe: Probe, insn: Insn) -> None:
     result = probe.hypercall(0xC0, user=True, insn=insn)
@@ -333,6 +344,8 @@ def test_port_io_reads_the_host_bridge_ids_through_the_pci_config_ports(
         ("hypercall", 2),
         ("hypercall --control 1 --fast --input " + "00" * 17, 2),
         ("hypercall --control 1 --xmm 00", 2),
+        ("hypercall --control 1 --repeat 0", 2),
+        ("hypercall --control 1 --repeat 2 --user", 2),
         ("sint --sint 1 --vector 256", 2),
         ("sief --cpu x --sint 0", 2),
         ("outl 0x10000 1", 2),

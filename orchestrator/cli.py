@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from orchestrator import bench_signal
 from orchestrator.artifacts import cache_dir
 from orchestrator.bench import BootSample, measure_boot
 from orchestrator.command import VmOptions
@@ -142,6 +143,16 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench_signal(args: argparse.Namespace) -> int:
+    with booted(args, "bench-signal", VmOptions.hyperv(cpus=2, memory_mb=args.memory)) as vm:
+        _describe(vm)
+        costs = bench_signal.measure(vm, args.calls, args.runs)
+    print(f"{args.calls} calls per run, median of {args.runs} runs, from vCPU 0 to VP 1:")
+    for line in bench_signal.report(costs):
+        print(line)
+    return 0
+
+
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     samples: list[BootSample] = []
     for run in range(1, args.runs + 1):
@@ -180,6 +191,10 @@ def parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--seed", type=int, default=1)
     fuzz.add_argument("--cases", type=int, default=400)
     fuzz.set_defaults(fn=cmd_fuzz)
+    signal_bench = sub.add_parser("bench-signal", help="per-call cost of the signalling paths")
+    signal_bench.add_argument("--calls", type=int, default=2000)
+    signal_bench.add_argument("--runs", type=int, default=3)
+    signal_bench.set_defaults(fn=cmd_bench_signal)
     bench = sub.add_parser("bench-boot", help="boot-to-SSH against kernel-to-init")
     bench.add_argument("--runs", type=int, default=5)
     bench.set_defaults(fn=cmd_bench_boot)

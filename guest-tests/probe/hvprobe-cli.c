@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/io.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hvprobe_abi.h"
@@ -45,6 +46,7 @@ static const char *const usage_text =
 	"  hypercall [--cpu N] --control C [--fast] [--input HEX] [--in-offset O]\n"
 	"            [--out-offset O] [--in-gpa G] [--out-gpa G] [--out-len N]\n"
 	"            [--out-fill B] [--xmm HEX]... [--insn vmcall|vmmcall|page] [--user]\n"
+	"            [--repeat N]\n"
 	"  sief [--cpu N] --sint S [--clear]\n"
 	"  sim [--cpu N] --sint S [--clear]\n"
 	"  irqs [--cpu N] [--vector V]\n"
@@ -188,7 +190,7 @@ struct opts {
 	bool no_scontrol, no_sief, no_sim;
 	bool has_raw, has_control, has_in_gpa, has_out_gpa;
 	uint64_t raw, control, in_gpa, out_gpa;
-	uint32_t in_offset, out_offset, out_len, out_fill, insn;
+	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
 	uint8_t input[HVPROBE_IO_MAX];
 	int input_len;
 	uint8_t xmm[HVPROBE_XMM_REGS][HVPROBE_XMM_BYTES];
@@ -203,6 +205,7 @@ enum {
 	OPT_POLLING, OPT_CLEAR, OPT_FAST, OPT_USER, OPT_NO_SCONTROL, OPT_NO_SIEF,
 	OPT_NO_SIM, OPT_RAW, OPT_CONTROL, OPT_IN_GPA, OPT_OUT_GPA, OPT_IN_OFFSET,
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
+	OPT_REPEAT,
 };
 
 static const struct option long_options[] = {
@@ -230,6 +233,7 @@ static const struct option long_options[] = {
 	{ "insn", required_argument, NULL, OPT_INSN },
 	{ "input", required_argument, NULL, OPT_INPUT },
 	{ "xmm", required_argument, NULL, OPT_XMM },
+	{ "repeat", required_argument, NULL, OPT_REPEAT },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -301,6 +305,8 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 		return parse_u32(arg, HVPROBE_IO_MAX, &o->out_len);
 	case OPT_OUT_FILL:
 		return parse_u32(arg, 255, &o->out_fill);
+	case OPT_REPEAT:
+		return parse_u32(arg, 10000000, &o->repeat) && o->repeat > 0;
 	case OPT_INSN:
 		return parse_insn(arg, &o->insn);
 	case OPT_INPUT:
@@ -734,6 +740,7 @@ struct hcall_result {
 	uint32_t output_len;
 	uint64_t output_gpa;
 	uint8_t (*xmm)[HVPROBE_XMM_BYTES];	/* NULL when not loaded */
+	uint64_t elapsed_ns;	/* with --repeat: all the calls */
 };
 
 static void json_opt_u64(bool present, uint64_t v)
@@ -797,6 +804,10 @@ static void print_hcall(const struct opts *o, const struct hcall_result *r)
 		fputs("null", stdout);
 	fputs(", \"xmm\": ", stdout);
 	print_hcall_xmm(r->xmm);
+	if (o->repeat > 1) {
+		printf(", \"repeat\": %u, \"elapsed_ns\": ", o->repeat);
+		json_u64(r->elapsed_ns);
+	}
 	fputs("}\n", stdout);
 }
 
@@ -809,11 +820,22 @@ static void fast_registers(const struct opts *o, uint64_t *rdx, uint64_t *r8)
 	memcpy(r8, block + 8, sizeof(*r8));
 }
 
+static uint64_t monotonic_ns(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+static int pin_to_cpu(uint32_t cpu);
+
 static int hcall_kernel(const struct opts *o)
 {
 	struct hvprobe_hypercall hc;
 	struct hcall_result r = { .mode = "kernel" };
-	uint64_t rdx, r8;
+	uint64_t rdx, r8, start;
+	uint32_t i;
 	int rc;
 
 	memset(&hc, 0, sizeof(hc));
@@ -838,9 +860,19 @@ static int hcall_kernel(const struct opts *o)
 		hc.in_gpa = o->in_gpa;
 		hc.out_gpa = o->out_gpa;
 	}
-	rc = call(HVPROBE_IOC_HYPERCALL, &hc, "hypercall");
-	if (rc)
-		return rc;
+	/*
+	 * --repeat times the calls for benchmarks; pinned to the target CPU, the
+	 * ioctl runs the call there without an IPI.  The last result is printed.
+	 */
+	if (o->repeat > 1 && pin_to_cpu(o->cpu))
+		return fail(EXIT_REFUSED, "cannot run on cpu %u: %s", o->cpu, strerror(errno));
+	start = monotonic_ns();
+	for (i = 0; i < (o->repeat ? o->repeat : 1); i++) {
+		rc = call(HVPROBE_IOC_HYPERCALL, &hc, "hypercall");
+		if (rc)
+			return rc;
+	}
+	r.elapsed_ns = monotonic_ns() - start;
 	r.trap = hc.trap;
 	r.rax = hc.rax;
 	r.rdx = hc.used_rdx;
@@ -932,6 +964,8 @@ static int cmd_hypercall(struct opts *o)
 		return usage_error("--fast takes at most 16 input bytes and no --in-gpa/--out-gpa");
 	if (!o->fast && o->xmm_count)
 		return usage_error("--xmm needs --fast");
+	if (o->user && o->repeat > 1)
+		return usage_error("--repeat is for kernel-mode calls");
 	return o->user ? hcall_user(o) : hcall_kernel(o);
 }
 

@@ -1,0 +1,109 @@
+"""Per-call cost of the signalling hypercalls, measured inside the guest.
+
+Each path's call is repeated by the probe from a process pinned to the
+calling vCPU (`hypercall --repeat`), and set against a call QEMU rejects at
+once (an unknown call code), which pays the same ioctl, trap and exit: the
+difference is what the path itself costs. The flags are already set after
+the first call, so the figures are of the lookup and the atomic test, not
+of interrupt delivery.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from orchestrator.errors import HarnessError
+from orchestrator.ports import Port
+from orchestrator.probe import HypercallArgs, Probe
+from orchestrator.signal_direct import direct_call
+from orchestrator.signal_event import event_call
+from orchestrator.testdev import HypervTestDev
+from orchestrator.vm import Vm
+
+CALLER, TARGET, SINT, VECTOR = 0, 1, 2, 0xE2
+PORT = Port(0x10, vp=TARGET, sint=SINT, base_flag=100, flag_count=8)
+CONNECTION, DEVICE_CONNECTION = 0x20, 0x21
+UNKNOWN_CALL = 0x0FFF
+
+PATHS: tuple[tuple[str, HypercallArgs], ...] = (
+    ("unknown call code, memory (baseline)", HypercallArgs(UNKNOWN_CALL, cpu=CALLER)),
+    (
+        "unknown call code, fast (baseline)",
+        HypercallArgs(UNKNOWN_CALL, cpu=CALLER, fast=True, input=bytes(16)),
+    ),
+    ("SignalEventDirect, memory", direct_call(TARGET, SINT, 5, cpu=CALLER)),
+    ("SignalEvent, event port, fast", event_call(CONNECTION, 5, fast=True, cpu=CALLER)),
+    ("SignalEvent, event port, memory", event_call(CONNECTION, 5, cpu=CALLER)),
+    ("SignalEvent, device connection, fast", event_call(DEVICE_CONNECTION, fast=True, cpu=CALLER)),
+    ("SignalEvent, device connection, memory", event_call(DEVICE_CONNECTION, cpu=CALLER)),
+)
+
+
+@dataclass(frozen=True)
+class PathCost:
+    label: str
+    fast: bool
+    status: int
+    ns_per_call: tuple[float, ...]  # one per run
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ns_per_call)
+
+
+@contextmanager
+def signal_targets(vm: Vm, probe: Probe) -> Iterator[None]:
+    """The target's SynIC, the port and its connection, hyperv-testdev's connection."""
+    probe.synic_setup(TARGET)
+    probe.sint(TARGET, SINT, VECTOR)
+    testdev = HypervTestDev(probe)
+    vm.ports.create(PORT)
+    vm.ports.connect(CONNECTION, PORT.port_id)
+    testdev.evt_conn_create(TARGET, SINT, DEVICE_CONNECTION)
+    try:
+        yield
+    finally:
+        testdev.evt_conn_destroy(DEVICE_CONNECTION)
+        vm.ports.clear()
+        probe.sint(TARGET, SINT, VECTOR, masked=True)
+        probe.synic_teardown(TARGET)
+
+
+def time_path(probe: Probe, args: HypercallArgs, calls: int) -> tuple[int, float]:
+    """(status, ns per call) of `calls` repetitions after one warm-up call."""
+    probe.call("hypercall", *args.argv())
+    reply = probe.call("hypercall", *args.argv(), "--repeat", calls)
+    if reply.get("status") is None or "elapsed_ns" not in reply:
+        raise HarnessError(f"hypercall --repeat gave no timing: {reply}", probe.guest.commands_log)
+    return int(reply["status"]), int(reply["elapsed_ns"]) / calls
+
+
+def measure(vm: Vm, calls: int, runs: int) -> list[PathCost]:
+    probe = Probe(vm.guest)
+    samples: dict[str, list[float]] = {label: [] for label, _ in PATHS}
+    statuses: dict[str, int] = {}
+    with signal_targets(vm, probe):
+        for _ in range(runs):
+            for label, args in PATHS:
+                statuses[label], ns = time_path(probe, args, calls)
+                samples[label].append(ns)
+    return [
+        PathCost(label, args.fast, statuses[label], tuple(samples[label])) for label, args in PATHS
+    ]
+
+
+def report(costs: list[PathCost]) -> list[str]:
+    """A line per path: its ratio to, and cost above, the baseline of its form
+    (the fast form's probe also loads and reads back six XMM registers)."""
+    baselines = {cost.fast: cost.median for cost in costs if cost.label.endswith("(baseline)")}
+    lines = [f"{'path':42} {'status':>6} {'ns/call':>9} {'ratio':>6} {'above baseline':>15}"]
+    for cost in costs:
+        baseline = baselines[cost.fast]
+        lines.append(
+            f"{cost.label:42} {cost.status:#6x} {cost.median:9.0f} "
+            f"{cost.median / baseline:6.2f} {cost.median - baseline:13.0f}ns"
+        )
+    return lines
