@@ -1,11 +1,11 @@
 """Per-call cost of the signalling hypercalls, measured inside the guest.
 
-Each path's call is repeated by the probe from a process pinned to the
-calling vCPU (`hypercall --repeat`), and set against a call QEMU rejects at
-once (an unknown call code), which pays the same ioctl, trap and exit: the
-difference is what the path itself costs. The flags are already set after
-the first call, so the figures are of the lookup and the atomic test, not
-of interrupt delivery.
+The probe runs each path's instruction back to back in the guest kernel
+(`hypercall --repeat`, timed by the module around the instructions alone),
+set against a call QEMU rejects at once (an unknown call code), which pays
+the same trap and exit: the difference is what the path itself costs. The
+flags are already set after the first call, so the figures are of the
+lookup and the atomic test, not of interrupt delivery.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HVPROBE_ABI_VERSION	1
+#define HVPROBE_ABI_VERSION	2
 #define HVPROBE_DEVICE		"/dev/hvprobe"
 
 #define HVPROBE_PAGE_BYTES	4096
@@ -137,6 +137,7 @@ struct hvprobe_ipi {
 #define HVPROBE_HC_IN_GPA	(1U << 1)	/* memory form: RDX = in_gpa */
 #define HVPROBE_HC_OUT_GPA	(1U << 2)	/* memory form: R8 = out_gpa */
 #define HVPROBE_HC_FLAGS	0x7U
+#define HVPROBE_REPEAT_MAX	100000
 
 struct hvprobe_hypercall {
 	/* in */
@@ -148,6 +149,8 @@ struct hvprobe_hypercall {
 	__u32 in_len;			/* <= HVPROBE_IO_MAX */
 	__u32 out_len;			/* <= HVPROBE_IO_MAX */
 	__u32 out_fill;			/* byte written over the output area first */
+	__u32 repeat;			/* 0 or 1: once; else back to back, timed */
+	__u32 pad;
 	/* ...or at out_gpa, with HVPROBE_HC_OUT_GPA, if that is in the buffer */
 	__u64 control;			/* RCX */
 	__u64 in_gpa;			/* with HVPROBE_HC_IN_GPA */
@@ -162,6 +165,7 @@ struct hvprobe_hypercall {
 	__u64 used_r8;
 	__s32 trap;			/* -1, or the exception vector (6 = #UD) */
 	__u32 output_len;		/* bytes valid in output */
+	__u64 elapsed_ns;		/* all the repeats, the instruction alone */
 	__u64 output_gpa;		/* where output was read from */
 	__u8 xmm_out[HVPROBE_XMM_REGS][HVPROBE_XMM_BYTES];	/* fast form */
 	__u8 output[HVPROBE_IO_MAX];
