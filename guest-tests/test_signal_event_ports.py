@@ -339,6 +339,25 @@ def test_device_owned_connection_is_still_notified(clean: Env) -> None:
     assert DEVICE_CONN not in clean.vm.ports.table().connections
 
 
+def test_device_connection_with_several_flags_is_told_the_flag_number(clean: Env) -> None:
+    connection, count = 0x22, 4
+    clean.testdev.evt_conn_create_flags(TARGET, SINT, connection, count)
+    try:
+        assert clean.vm.ports.table().connections[connection] is None
+        before = clean.watch.snapshot()
+        signalled(clean, event_call(connection, 3))
+        # The device sets flag connection + FlagNumber, in the calling vCPU's thread.
+        assert flags_on(clean, TARGET) == {connection + 3}
+        assert clean.watch.snapshot().irqs == irqs_plus(before, TARGET)
+
+        after = clean.watch.snapshot()
+        assert clean.signal(event_call(connection, count, fast=True)).status == status("E4")
+        assert clean.watch.snapshot() == after
+    finally:
+        clean.testdev.evt_conn_destroy(connection)
+    assert clean.signal(event_call(connection)).status == status("E2")
+
+
 def test_guest_made_port_through_hyperv_testdev(clean: Env) -> None:
     port = Port(0x30, TARGET, SINT, base_flag=40, flag_count=4)
     connection = 0x31

@@ -6,6 +6,8 @@ connections set the flag whose number is their connection id. Port commands
 (qemu-patches 0020) put the port id in the connection id's byte; PORT_CREATE
 takes base flag, flag count and type from the register at 0x3004, written
 first, and CONN_SET_PORT takes the port id in the SINT's byte.
+EVT_CONN_CREATE_FLAGS (qemu-patches 0024) makes an event connection with a
+flag count (from that register): FlagNumber N sets flag connection id + N.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Command(IntEnum):
     PORT_DELETE = 9
     CONN_SET_PORT = 10
     CONN_DELETE = 11
+    EVT_CONN_CREATE_FLAGS = 12
 
 
 def encode(command: Command, vp: int = 0, sint: int = 0, connection: int = 0) -> int:
@@ -78,6 +81,12 @@ class HypervTestDev:
 
     def evt_conn_create(self, vp: int, sint: int, connection: int) -> None:
         self._send(Command.EVT_CONN_CREATE, vp, sint, connection)
+
+    def evt_conn_create_flags(self, vp: int, sint: int, connection: int, flag_count: int) -> None:
+        if not 0 <= flag_count <= 0xFFF:
+            raise ValueError(f"flag count {flag_count} does not fit the argument register")
+        self.port.outl(TESTDEV_ARG_PORT, flag_count << 16)
+        self._send(Command.EVT_CONN_CREATE_FLAGS, vp, sint, connection)
 
     def evt_conn_destroy(self, connection: int) -> None:
         self._send(Command.EVT_CONN_DESTROY, connection=connection)
