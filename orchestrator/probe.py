@@ -481,6 +481,14 @@ class Probe:
                 self.guest.commands_log,
             ) from None
 
+    def in_service(self, cpu: int, vector: int) -> int:
+        """Of irqs(cpu, vector), those taken with the vector in service in the
+        local APIC, i.e. not acknowledged by auto-EOI."""
+        counts = self._parsed(
+            _irq_counts, "irqs", "--cpu", cpu, "--vector", vector, "--in-service"
+        )
+        return counts[cpu][vector]
+
     def irq_counts(self, cpu: int | None = None) -> dict[int, dict[int, int]]:
         """Non-zero counts per CPU (all online CPUs, or one) and vector."""
         return self._parsed(_irq_counts, "irqs", *_opt("--cpu", cpu))

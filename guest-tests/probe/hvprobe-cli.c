@@ -48,7 +48,7 @@ static const char *const usage_text =
 	"            [--repeat N]\n"
 	"  sief [--cpu N] --sint S [--clear]\n"
 	"  sim [--cpu N] --sint S [--clear]\n"
-	"  irqs [--cpu N] [--vector V]\n"
+	"  irqs [--cpu N] [--vector V] [--in-service]\n"
 	"  ipi [--from N] [--cpu N] --vector V\n"
 	"  pages [--cpu N]\n"
 	"  outl [--cpu N] PORT VALUE\n"
@@ -186,7 +186,7 @@ struct opts {
 	uint32_t cpu, from, sint, vector;
 	bool has_cpu, has_from, has_sint, has_vector;
 	bool masked, auto_eoi, polling, clear, fast, user;
-	bool no_scontrol, no_sief, no_sim;
+	bool no_scontrol, no_sief, no_sim, in_service;
 	bool has_raw, has_control, has_in_gpa, has_out_gpa;
 	uint64_t raw, control, in_gpa, out_gpa;
 	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
@@ -204,7 +204,7 @@ enum {
 	OPT_POLLING, OPT_CLEAR, OPT_FAST, OPT_USER, OPT_NO_SCONTROL, OPT_NO_SIEF,
 	OPT_NO_SIM, OPT_RAW, OPT_CONTROL, OPT_IN_GPA, OPT_OUT_GPA, OPT_IN_OFFSET,
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
-	OPT_REPEAT,
+	OPT_REPEAT, OPT_IN_SERVICE,
 };
 
 static const struct option long_options[] = {
@@ -233,6 +233,7 @@ static const struct option long_options[] = {
 	{ "input", required_argument, NULL, OPT_INPUT },
 	{ "xmm", required_argument, NULL, OPT_XMM },
 	{ "repeat", required_argument, NULL, OPT_REPEAT },
+	{ "in-service", no_argument, NULL, OPT_IN_SERVICE },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -288,6 +289,8 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 		return (o->no_sief = true);
 	case OPT_NO_SIM:
 		return (o->no_sim = true);
+	case OPT_IN_SERVICE:
+		return (o->in_service = true);
 	case OPT_RAW:
 		return (o->has_raw = parse_u64(arg, UINT64_MAX, &o->raw));
 	case OPT_CONTROL:
@@ -665,15 +668,16 @@ static int cmd_pages(struct opts *o)
 /* One CPU's counts ("cpu": {...}): every non-zero one, or just the vector asked for. */
 static void print_cpu_irqs(const struct hvprobe_irqs *q, const struct opts *o, bool first)
 {
+	const __u64 *counts = o->in_service ? q->in_service : q->counts;
 	bool first_vector = true;
 	unsigned int v;
 
 	printf("%s\"%u\": {", first ? "" : ", ", q->cpu);
 	for (v = 0; v < HVPROBE_VECTORS; v++) {
-		if (o->has_vector ? v != o->vector : !q->counts[v])
+		if (o->has_vector ? v != o->vector : !counts[v])
 			continue;
 		printf("%s\"%u\": ", first_vector ? "" : ", ", v);
-		json_u64(q->counts[v]);
+		json_u64(counts[v]);
 		first_vector = false;
 	}
 	putchar('}');

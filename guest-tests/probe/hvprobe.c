@@ -58,13 +58,27 @@ struct hvprobe_cpu {
 
 static struct hvprobe_cpu *hvprobe_cpus;
 static DEFINE_PER_CPU(u64 [HVPROBE_VECTORS], hvprobe_irq_counts);
+static DEFINE_PER_CPU(u64 [HVPROBE_VECTORS], hvprobe_in_service_counts);
 static u32 hvprobe_probes_registered;
 
 /* Interrupt counting. */
 
+/*
+ * Whether the APIC has @vector in service: the handler runs before Linux's
+ * EOI, so this tells an interrupt acknowledged with auto-EOI from another.
+ */
+static bool hvprobe_vector_in_service(u8 vector)
+{
+	return apic_read(APIC_ISR + (vector / 32) * 0x10) & BIT(vector % 32);
+}
+
 static int hvprobe_count_vector(struct kprobe *p, struct pt_regs *regs)
 {
-	this_cpu_inc(hvprobe_irq_counts[(u8)regs->si]);
+	u8 vector = regs->si;
+
+	this_cpu_inc(hvprobe_irq_counts[vector]);
+	if (hvprobe_vector_in_service(vector))
+		this_cpu_inc(hvprobe_in_service_counts[vector]);
 	return 0;
 }
 
@@ -345,8 +359,11 @@ static int hvprobe_irqs(struct hvprobe_irqs *q)
 
 	if (q->cpu >= nr_cpu_ids || !cpu_possible(q->cpu))
 		return -EINVAL;
-	for (v = 0; v < HVPROBE_VECTORS; v++)
+	for (v = 0; v < HVPROBE_VECTORS; v++) {
 		q->counts[v] = READ_ONCE(per_cpu(hvprobe_irq_counts, q->cpu)[v]);
+		q->in_service[v] =
+			READ_ONCE(per_cpu(hvprobe_in_service_counts, q->cpu)[v]);
+	}
 	return 0;
 }
 

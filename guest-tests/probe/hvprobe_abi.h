@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HVPROBE_ABI_VERSION	2
+#define HVPROBE_ABI_VERSION	3
 #define HVPROBE_DEVICE		"/dev/hvprobe"
 
 #define HVPROBE_PAGE_BYTES	4096
@@ -120,6 +120,12 @@ struct hvprobe_irqs {
 	__u32 cpu;			/* in */
 	__u32 pad;
 	__u64 counts[HVPROBE_VECTORS];	/* out: interrupts taken, per vector */
+	/*
+	 * out: of those, the ones whose vector was already in service in the
+	 * local APIC's ISR when its handler was entered; an interrupt that
+	 * the APIC acknowledged with auto-EOI (Hyper-V SINTs) is not.
+	 */
+	__u64 in_service[HVPROBE_VECTORS];
 };
 
 struct hvprobe_ipi {

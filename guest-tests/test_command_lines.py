@@ -1,0 +1,50 @@
+"""Command lines that started before the series start the same way after it.
+
+Before the series, hv-* CPU properties were accepted and ignored under TCG,
+and management tools still pass them for every Windows guest. The series'
+emulation is opt-in (x-hv-tcg=on): without it the guest sees no Hyper-V;
+with it, the features TCG lacks are ignored with a warning, not refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.probe import Probe
+from orchestrator.vm import Vm
+
+pytestmark = [pytest.mark.vm, pytest.mark.accel("tcg")]
+
+HV_VENDOR_LEAF = 0x40000000
+WINDOWS_DEFAULTS = "hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,hv-time,hv-stimer,hv-runtime,hv-vpindex,hv-synic,hv-reset,hv-frequencies"
+
+
+def hypervisor_vendor(vm: Vm) -> str:
+    return Probe(vm.guest).cpuid(HV_VENDOR_LEAF).text("ebx", "ecx", "edx")
+
+
+@pytest.mark.vm_options(cpu=f"max,{WINDOWS_DEFAULTS}")
+def test_windows_style_hv_flags_without_opt_in_start_and_change_nothing(fresh_vm: Vm) -> None:
+    # As before the series: TCG's own signature, no Hyper-V leaves, no SynIC.
+    assert hypervisor_vendor(fresh_vm) == "TCGTCGTCGTCG"
+    assert fresh_vm.synic.state() == {}
+    assert "Hyper-V" not in fresh_vm.guest.run("dmesg").out
+    assert "warning" not in fresh_vm.logs.qemu.read_text()
+
+
+@pytest.mark.vm_options(cpu="max,hv-passthrough")
+def test_hv_passthrough_without_opt_in_starts(fresh_vm: Vm) -> None:
+    assert hypervisor_vendor(fresh_vm) == "TCGTCGTCGTCG"
+
+
+@pytest.mark.vm_options(cpu=f"max,x-hv-tcg=on,{WINDOWS_DEFAULTS}")
+def test_opt_in_ignores_what_tcg_lacks_with_one_warning(fresh_vm: Vm) -> None:
+    assert hypervisor_vendor(fresh_vm) == "Microsoft Hv"
+    assert sorted(fresh_vm.synic.state()) == [0, 1]
+    warnings = [
+        line for line in fresh_vm.logs.qemu.read_text().splitlines() if "warning" in line
+    ]
+    assert len(warnings) == 1, warnings
+    for ignored in ("hv-vapic", "hv-time", "hv-stimer", "hv-runtime", "hv-reset"):
+        assert ignored in warnings[0]
+    for kept in ("hv-relaxed", "hv-vpindex", "hv-synic"):
+        assert kept not in warnings[0]
