@@ -11,6 +11,7 @@ service until the guest's EOI."""
 
 from __future__ import annotations
 
+import shlex
 import struct
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import FAST, Call
 from orchestrator.polling import eventually
-from orchestrator.probe import Probe, SimMessage, slot_flags
+from orchestrator.probe import HypercallArgs, Probe, SimMessage, slot_flags
 from orchestrator.signal_direct import direct_call
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
@@ -121,11 +122,6 @@ def test_signal_event_direct_to_an_auto_eoi_sint(
     assert slot_flags(probe.sief(target, sint)) == {30, 31, 32}
 
 
-def post_message(probe: Probe, cpu: int, connection: int, message_type: int) -> int | None:
-    message = struct.pack("<IIII", connection, 0, message_type, 8) + bytes(240)
-    return probe.hypercall(Call.POST_MESSAGE, cpu=cpu, input=message).status
-
-
 def signal_event(probe: Probe, cpu: int, connection: int) -> int | None:
     return probe.hypercall(
         Call.SIGNAL_EVENT | FAST, cpu=cpu, fast=True, input=struct.pack("<QQ", connection, 0)
@@ -198,17 +194,35 @@ def test_connections_on_auto_eoi_sints_keep_delivering(
             probe.sief(target, EVT_SINT, clear=True)
 
 
-def test_both_vcpus_post_to_each_other_at_once(
-    hv_vm: Vm, probe: Probe, connections: None
-) -> None:
+def message_input(connection: int, message_type: int) -> bytes:
+    return struct.pack("<IIII", connection, 0, message_type, 8) + bytes(240)
+
+
+def post_message(probe: Probe, cpu: int, connection: int, message_type: int) -> int | None:
+    return probe.hypercall(
+        Call.POST_MESSAGE, cpu=cpu, input=message_input(connection, message_type)
+    ).status
+
+
+def test_both_vcpus_post_to_each_other_at_once(hv_vm: Vm, probe: Probe, connections: None) -> None:
     before = {cpu: taken(probe, cpu, vector_of(cpu, MSG_SINT)) for cpu in (0, 1)}
-    # Two probe processes, each pinned to its vCPU, post to the other vCPU.
-    script = " & ".join(
-        f"hvprobe hypercall --cpu {sender} --control {int(Call.POST_MESSAGE):#x} "
-        f"--input {(struct.pack('<IIII', msg_connection(1 - sender), 0, 0x200 + sender, 8) + bytes(240)).hex()}"
+    # Two probe processes, each on its vCPU, post to the other vCPU together.
+    posts = [
+        shlex.join(
+            [
+                probe.binary,
+                "hypercall",
+                *HypercallArgs(
+                    Call.POST_MESSAGE,
+                    cpu=sender,
+                    input=message_input(msg_connection(1 - sender), 0x200 + sender),
+                ).argv(),
+            ]
+        )
         for sender in (0, 1)
-    )
-    hv_vm.guest.run(f"{script} & wait")
+    ]
+    result = hv_vm.guest.run(" & ".join(posts) + " & wait")
+    assert result.out.count('"status": 0') == 2, result.out
     for target in (0, 1):
         receive_message(probe, target, 0x200 + (1 - target))
         vector = vector_of(target, MSG_SINT)
@@ -281,4 +295,3 @@ def receive_message_on(probe: Probe, cpu: int, sint: int, message_type: int) -> 
         f"message {message_type:#x} on cpu {cpu}",
     )
     assert message.message_type == message_type
-

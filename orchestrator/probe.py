@@ -484,9 +484,7 @@ class Probe:
     def in_service(self, cpu: int, vector: int) -> int:
         """Of irqs(cpu, vector), those taken with the vector in service in the
         local APIC, i.e. not acknowledged by auto-EOI."""
-        counts = self._parsed(
-            _irq_counts, "irqs", "--cpu", cpu, "--vector", vector, "--in-service"
-        )
+        counts = self._parsed(_irq_counts, "irqs", "--cpu", cpu, "--vector", vector, "--in-service")
         return counts[cpu][vector]
 
     def irq_counts(self, cpu: int | None = None) -> dict[int, dict[int, int]]:

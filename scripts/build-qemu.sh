@@ -24,6 +24,8 @@ CONFIGURE_FLAGS=(
     --target-list=x86_64-softmmu --without-default-features
     --enable-tcg --enable-kvm --enable-slirp --enable-fdt=system
     --disable-docs --disable-rust --disable-download --disable-install-blobs
+    # QEMU's one VMBus device, a real client of the SynIC for the tests
+    --enable-hv-balloon
 )
 
 series_patches() {
