@@ -190,11 +190,16 @@ class Vm:
             self._process.check_running("before the guest was ready")
         self._console.check_panic()
 
-    def reboot(self) -> None:
-        """system_reset over QMP, then wait until the guest answers SSH again."""
+    def reboot(self, guest_command: str | None = None) -> None:
+        """system_reset over QMP, or `guest_command` run in the guest to reset it
+        itself (in the background, a second later), then wait until the guest
+        answers SSH again."""
+        if guest_command is not None:
+            self.guest.run(f"(sleep 1; {guest_command}) >/dev/null 2>&1 &", check=True)
         self.guest.close()
         self._console.mark()
-        self.qmp.reset()
+        if guest_command is None:
+            self.qmp.reset()
         self.guest.wait_ready(
             self.options.boot_timeout, self._check_alive, self._console.sshd_listening
         )
