@@ -15,12 +15,15 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator.command import HYPERV_CPU, HYPERV_TESTDEV
+from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import (
+    FAST,
     MESSAGE_TIMER_EXPIRED,
     REF_TIME_HZ,
     STIMER_DIRECT,
     STIMER_ENABLE,
     STIMER_PERIODIC,
+    Call,
     Msr,
     stimer_config_msr,
     stimer_count_msr,
@@ -28,12 +31,16 @@ from orchestrator.hvdefs import (
     stimer_vector,
 )
 from orchestrator.polling import eventually
-from orchestrator.probe import Probe, SimMessage
+from orchestrator.probe import Probe, SimMessage, slot_flags
+from orchestrator.signal_direct import direct_call, direct_input
 from orchestrator.vm import Vm
 
 ENLIGHTENED_CPU = (
-    HYPERV_CPU + ",hv-time,hv-stimer,hv-stimer-direct,hv-vapic,hv-runtime,hv-frequencies,hv-reset"
+    HYPERV_CPU
+    + ",hv-time,hv-stimer,hv-stimer-direct,hv-vapic,hv-runtime,hv-frequencies,hv-reset"
+    + ",hv-xmm-input"
 )
+XMM_FAST_OUTPUT = 1 << 15  # CPUID 0x40000003 EDX
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.vm_options(cpu=ENLIGHTENED_CPU, extra_args=HYPERV_TESTDEV),
@@ -217,3 +224,29 @@ def test_the_reset_msr_resets_the_vm(fresh_vm: Vm, probe: Probe) -> None:
     fresh_vm.reboot(guest_command=f"{probe.binary} wrmsr --cpu 0 {Msr.RESET:#x} 1")
     assert fresh_vm.qmp.status() == "running"
     assert boot_id(fresh_vm) != first_boot
+
+
+def test_fast_signal_event_direct_returns_newly_signaled_in_xmm0(synic: Probe) -> None:
+    probe = synic
+    assert probe.cpuid(0x40000003).edx & XMM_FAST_OUTPUT
+    probe.sief(CPU, SINT, clear=True)
+    before = probe.irqs(CPU, VECTOR)
+    fill = bytes([0xAA] * 16)
+    fast = direct_call(
+        CPU,
+        SINT,
+        77,
+        control=Call.SIGNAL_EVENT_DIRECT | FAST,
+        fast=True,
+        input=direct_input(CPU, SINT, 77),
+        xmm=(fill,),
+        out_len=None,
+    )
+    for newly in (1, 0):
+        result = probe.hypercall_with(fast)
+        assert result.status == HvStatus.SUCCESS
+        # NewlySignaled in bits 7:0 of XMM0, the rest of its low qword zero.
+        assert result.xmm0 is not None
+        assert result.xmm0[:8] == bytes([newly]) + bytes(7)
+    assert slot_flags(probe.sief(CPU, SINT)) == {77}
+    eventually(lambda: probe.irqs(CPU, VECTOR) == before + 1, "one interrupt")
