@@ -62,6 +62,14 @@ class Launch:
     paths: LaunchPaths
     ssh_port: int
     firmware_dirs: list[Path] = field(default_factory=list)
+    # Nested KVM: the inner QEMU listens where the outer guest's user network
+    # can reach it (0.0.0.0), serves QMP on TCP and writes its console to a
+    # serial port of the outer guest (a tty, so the `serial` backend).
+    ssh_bind: str = "127.0.0.1"
+    qmp_tcp_port: int | None = None
+    serial_backend: str = "file"
+    # More (host port, guest port) TCP forwards beside SSH's.
+    forwards: tuple[tuple[int, int], ...] = ()
 
 
 def _environment() -> jinja2.Environment:
@@ -72,6 +80,12 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+
+
+def _qmp_spec(launch: Launch) -> str:
+    if launch.qmp_tcp_port is not None:
+        return f"tcp:0.0.0.0:{launch.qmp_tcp_port},server=on,wait=off"
+    return f"unix:{launch.paths.qmp_socket},server=on,wait=off"
 
 
 def render(launch: Launch) -> list[str]:
@@ -88,8 +102,11 @@ def render(launch: Launch) -> list[str]:
         image=launch.image,
         kernel_cmdline=f"{BASE_KERNEL_CMDLINE} {launch.options.kernel_args}".strip(),
         ssh_port=launch.ssh_port,
+        ssh_bind=launch.ssh_bind,
+        forwards=launch.forwards,
+        serial_backend=launch.serial_backend,
         serial_log=launch.paths.serial_log,
-        qmp_socket=launch.paths.qmp_socket,
+        qmp=_qmp_spec(launch),
         extra_args=launch.options.extra_args,
     )
     return [line for line in text.splitlines() if line.strip()]
