@@ -54,7 +54,7 @@ busybox modprobe $module 2>&1 ||
     {{ dmesg | grep -i -e kvm -e svm | tail -n 3; exit {KVM_LOAD_FAILED}; }}
 [ -c /dev/kvm ] || exit {NO_DEV_KVM}
 mkdir -p {PayloadLayout().mount} {INNER_DIR}
-mount -o ro {PAYLOAD_DEVICE} {PayloadLayout().mount} 2>&1 || exit {MOUNT_FAILED}
+busybox mount -t ext4 -o ro {PAYLOAD_DEVICE} {PayloadLayout().mount} 2>&1 || exit {MOUNT_FAILED}
 [ -b {ROOTFS_DEVICE} ] || exit {NO_ROOTFS}
 """
 
@@ -107,7 +107,7 @@ def inner_launch(ctx: LaunchContext, layout: PayloadLayout) -> Launch:
 def inner_start_command(argv: list[str]) -> str:
     """Starts the inner QEMU detached (the SSH channel may close); prints its pid."""
     return (
-        f"cd {INNER_DIR} && TMPDIR={INNER_DIR} nohup {shlex.join(argv)} "
+        f"cd {INNER_DIR} || exit 1; TMPDIR={INNER_DIR} nohup {shlex.join(argv)} "
         f"</dev/null >{INNER_LOG} 2>&1 & echo $!"
     )
 
