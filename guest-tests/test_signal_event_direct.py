@@ -170,6 +170,7 @@ def test_error_row(
         assert result.output == output_as_laid_out(args), "output written on error"
 
 
+@pytest.mark.kvm_leg  # C2 under KVM: the privilege comes from the guest's CPUID
 @pytest.mark.hyperv
 @pytest.mark.vm_options(cpu=HYPERV_CPU + ",x-hv-signal-events=off")
 def test_error_row_c2_without_the_signal_events_privilege(fresh_vm: Vm, accel: Accel) -> None:

@@ -97,6 +97,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 _OTHER_VMS = {"vm", "fresh_vm", "guest", "qmp"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
