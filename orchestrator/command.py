@@ -82,6 +82,17 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def guest_cpu(cpu: str, accel: str) -> str:
+    """-cpu for this accelerator. Under KVM, QEMU also shows KVM's signature (at
+    0x40000100), and Linux then prefers KVM's paravirt interface to Hyper-V's:
+    no guest OS id, no hypercall page, and vmmcall answered as a KVM
+    hypercall. kvm=off hides it, so that the guest uses Hyper-V as under TCG,
+    where QEMU shows no KVM signature anyway."""
+    if accel == "kvm" and "hv-" in cpu and "kvm=" not in cpu:
+        return f"{cpu},kvm=off"
+    return cpu
+
+
 def _qmp_spec(launch: Launch) -> str:
     if launch.qmp_tcp_port is not None:
         return f"tcp:0.0.0.0:{launch.qmp_tcp_port},server=on,wait=off"
@@ -95,7 +106,7 @@ def render(launch: Launch) -> list[str]:
         name=launch.name,
         machine=launch.options.machine,
         accel=launch.accel,
-        cpu=launch.options.cpu,
+        cpu=guest_cpu(launch.options.cpu, launch.accel),
         cpus=launch.options.cpus,
         memory_mb=launch.options.memory_mb,
         firmware_dirs=launch.firmware_dirs,
