@@ -8,12 +8,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup host venv qemu image test test-unit demo fuzz bench-boot bench-signal \
+.PHONY: help setup host venv qemu image test test-kvm test-unit demo fuzz bench-boot bench-signal \
         qemu-dev qemu-export check-series lint clean distclean
 
 help:
 	@echo "make demo         build everything needed, boot a guest, show what it does"
-	@echo "make test         build everything needed, run all tests (PYTEST_ARGS=...)"
+	@echo "make test         build everything needed, run all tests under TCG (PYTEST_ARGS=...)"
+	@echo "make test-kvm     the KVM leg: host KVM if usable, else nested KVM in a TCG guest"
 	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
 	@echo "make bench-signal per-call cost of each signalling path (CALLS=, RUNS=)"
@@ -49,6 +50,14 @@ image: setup
 
 test: qemu image
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# The KVM leg: ACCEL=kvm where the host's KVM is usable, else ACCEL=nested-kvm
+# (the test guest under KVM inside a TCG guest). Runs the `kvm_leg` selection:
+# every test on the session Hyper-V guest (see README, "The KVM leg").
+KVM_LEG_SELECT ?= kvm_leg
+test-kvm: qemu image
+	@accel=$${ACCEL:-$$($(PY) -m orchestrator kvm-leg)} || exit 1; \
+	ACCEL=$$accel $(PY) -m pytest -m "$(KVM_LEG_SELECT)" --hvsd-logs=test-logs/kvm $(PYTEST_ARGS)
 
 test-unit: venv
 	@$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)

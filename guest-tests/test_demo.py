@@ -8,6 +8,7 @@ import re
 import pytest
 
 from orchestrator.demo import ERROR_CASES, Demo
+from orchestrator.expect import direct_reaches_qemu
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm
@@ -21,9 +22,18 @@ def test_demo_shows_new_then_set_then_new_again_a_port_signal_and_every_error_ro
     cells = [re.split(r"\s{2,}", line.strip()) for line in lines if line.strip()]
     table = {c[0]: c[1:] for c in cells}
 
-    assert table["first call"] == ["SUCCESS", "1", "set", "set", "+1"]
-    assert table["second call (already set)"] == ["SUCCESS", "0", "set", "set", "+0"]
-    assert table["third call (guest cleared the flag)"] == ["SUCCESS", "1", "set", "set", "+1"]
+    if hv_vm.accel is not None and not direct_reaches_qemu(hv_vm.accel):
+        # A stock KVM answers 0x00C0 in the kernel: nothing set, no interrupt.
+        stock = ["INVALID_HYPERCALL_CODE", "-", "clear", "clear", "+0"]
+        for step in ("first call", "second call (already set)"):
+            assert table[step] == stock, step
+        assert table["third call (guest cleared the flag)"] == stock
+    else:
+        assert table["first call"] == ["SUCCESS", "1", "set", "set", "+1"]
+        assert table["second call (already set)"] == ["SUCCESS", "0", "set", "set", "+0"]
+        assert table["third call (guest cleared the flag)"] == [
+            "SUCCESS", "1", "set", "set", "+1"
+        ]  # fmt: skip
     # SignalEvent through the port: SIEF bit base + FlagNumber.
     assert any("sets SIEF bit 100 + 5 = 105" in line for line in lines), lines
     assert table["first signal"] == ["SUCCESS", "-", "set", "set", "+1"]

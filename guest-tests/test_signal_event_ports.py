@@ -420,6 +420,7 @@ def test_bad_port_commands_are_qmp_errors(
     assert clean.vm.qmp.status() == "running"
 
 
+@pytest.mark.kvm_leg  # C2 under KVM: the privilege comes from the guest's CPUID
 @pytest.mark.hyperv
 @pytest.mark.vm_options(cpu=HYPERV_CPU + ",x-hv-signal-events=off")
 def test_c2_signal_event_without_the_privilege(fresh_vm: Vm) -> None:

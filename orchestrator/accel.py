@@ -1,4 +1,9 @@
-"""Choosing the accelerator: KVM only where it would actually serve the tests."""
+"""Choosing the accelerator: TCG unless ACCEL says otherwise.
+
+`nested-kvm` runs the test guest under KVM inside a TCG "KVM host" guest
+(orchestrator/nested.py); `kvm` runs it under the host's own KVM. Neither is
+ever chosen silently: `make test` is TCG, `make test-kvm` picks the KVM leg
+with `kvm_leg()`."""
 
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ print("host KVM offers the Hyper-V capabilities")
 """
 
 
+ACCELS = ("tcg", "kvm", "nested-kvm")
+
+
 @dataclass(frozen=True)
 class Accel:
     name: str
@@ -37,6 +45,19 @@ class Accel:
 
     def __str__(self) -> str:
         return f"{self.name} ({self.reason})"
+
+    @property
+    def qemu_accel(self) -> str:
+        """What the test guest's QEMU gets as -accel."""
+        return "tcg" if self.name == "tcg" else "kvm"
+
+    @property
+    def nested(self) -> bool:
+        return self.name == "nested-kvm"
+
+    @property
+    def is_kvm(self) -> bool:
+        return self.name in ("kvm", "nested-kvm")
 
 
 def probe_kvm(timeout: float = 5.0) -> tuple[bool, str]:
@@ -59,13 +80,18 @@ def probe_kvm(timeout: float = 5.0) -> tuple[bool, str]:
 
 
 def choose_accel(requested: str | None = None) -> Accel:
-    """ACCEL=tcg|kvm forces a choice; otherwise KVM only if probe_kvm says yes."""
+    """ACCEL=tcg|kvm|nested-kvm forces a choice; otherwise TCG, never KVM silently."""
     requested = requested if requested is not None else os.environ.get("ACCEL", "")
     if requested:
-        if requested not in ("tcg", "kvm"):
-            raise HarnessError(f"ACCEL={requested} is not one of: tcg, kvm")
+        if requested not in ACCELS:
+            raise HarnessError(f"ACCEL={requested} is not one of: {', '.join(ACCELS)}")
         return Accel(requested, "forced by ACCEL")
+    return Accel("tcg", "default; ACCEL=kvm or nested-kvm for the KVM leg")
+
+
+def kvm_leg() -> Accel:
+    """The accelerator of the KVM leg: the host's KVM if usable, else nested KVM."""
     usable, why = probe_kvm()
     if usable:
         return Accel("kvm", why)
-    return Accel("tcg", why)
+    return Accel("nested-kvm", f"host KVM not usable: {why}")

@@ -41,7 +41,7 @@ def time_to_init(log_dir: Path, options: VmOptions, accel: Accel) -> float:
         launch = Launch(
             qemu=find_qemu().binary,
             name="hvsd-init-only",
-            accel=accel.name,
+            accel=accel.qemu_accel,
             image=find_image(),
             options=init_only,
             paths=LaunchPaths(runtime / "qmp.sock", log_dir / "serial.log"),

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from orchestrator import bench_signal
+from orchestrator.accel import kvm_leg
 from orchestrator.artifacts import cache_dir
 from orchestrator.bench import BootSample, measure_boot
 from orchestrator.command import VmOptions
@@ -173,6 +174,14 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kvm_leg(args: argparse.Namespace) -> int:
+    """stdout: the accelerator name (for make); stderr: why."""
+    leg = kvm_leg()
+    print(f"KVM leg: {leg}", file=sys.stderr)
+    print(leg.name)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m orchestrator", description="Boot and drive guests under the patched QEMU."
@@ -195,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
     signal_bench.add_argument("--calls", type=int, default=2000)
     signal_bench.add_argument("--runs", type=int, default=3)
     signal_bench.set_defaults(fn=cmd_bench_signal)
+    leg = sub.add_parser("kvm-leg", help="print the KVM leg's ACCEL: kvm or nested-kvm")
+    leg.set_defaults(fn=cmd_kvm_leg)
     bench = sub.add_parser("bench-boot", help="boot-to-SSH against kernel-to-init")
     bench.add_argument("--runs", type=int, default=5)
     bench.set_defaults(fn=cmd_bench_boot)

@@ -63,6 +63,14 @@ class Launch:
     paths: LaunchPaths
     ssh_port: int
     firmware_dirs: list[Path] = field(default_factory=list)
+    # Nested KVM: the inner QEMU listens where the outer guest's user network
+    # can reach it (0.0.0.0), serves QMP on TCP and writes its console to a
+    # serial port of the outer guest (a tty, so the `serial` backend).
+    ssh_bind: str = "127.0.0.1"
+    qmp_tcp_port: int | None = None
+    serial_backend: str = "file"
+    # More (host port, guest port) TCP forwards beside SSH's.
+    forwards: tuple[tuple[int, int], ...] = ()
 
 
 def _environment() -> jinja2.Environment:
@@ -75,6 +83,23 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def guest_cpu(cpu: str, accel: str) -> str:
+    """-cpu for this accelerator. Under KVM, QEMU also shows KVM's signature (at
+    0x40000100), and Linux then prefers KVM's paravirt interface to Hyper-V's:
+    no guest OS id, no hypercall page, and vmmcall answered as a KVM
+    hypercall. kvm=off hides it, so that the guest uses Hyper-V as under TCG,
+    where QEMU shows no KVM signature anyway."""
+    if accel == "kvm" and "hv-" in cpu and "kvm=" not in cpu:
+        return f"{cpu},kvm=off"
+    return cpu
+
+
+def _qmp_spec(launch: Launch) -> str:
+    if launch.qmp_tcp_port is not None:
+        return f"tcp:0.0.0.0:{launch.qmp_tcp_port},server=on,wait=off"
+    return f"unix:{launch.paths.qmp_socket},server=on,wait=off"
+
+
 def render(launch: Launch) -> list[str]:
     template = _environment().get_template("qemu.cmdline.j2")
     text = template.render(
@@ -82,15 +107,18 @@ def render(launch: Launch) -> list[str]:
         name=launch.name,
         machine=launch.options.machine,
         accel=launch.accel,
-        cpu=launch.options.cpu,
+        cpu=guest_cpu(launch.options.cpu, launch.accel),
         cpus=launch.options.cpus,
         memory_mb=launch.options.memory_mb,
         firmware_dirs=launch.firmware_dirs,
         image=launch.image,
         kernel_cmdline=f"{BASE_KERNEL_CMDLINE} {launch.options.kernel_args}".strip(),
         ssh_port=launch.ssh_port,
+        ssh_bind=launch.ssh_bind,
+        forwards=launch.forwards,
+        serial_backend=launch.serial_backend,
         serial_log=launch.paths.serial_log,
-        qmp_socket=launch.paths.qmp_socket,
+        qmp=_qmp_spec(launch),
         extra_args=launch.options.extra_args,
     )
     return [line for line in text.splitlines() if line.strip()]

@@ -1,7 +1,16 @@
 """pytest plugin: booted VMs as fixtures, and a log directory per test.
 
 Fixtures: `vm` (one per session), `fresh_vm` (one per test; options from the
-`vm_options` marker), and `guest` / `qmp` for the session VM. Each test gets
+`vm_options` marker), `guest` / `qmp` for the session VM, and `accel` (the
+accelerator of this session: ACCEL=tcg|kvm|nested-kvm, TCG by default).
+
+Markers: `accel("tcg", ..., reason=...)` runs a test only on the accelerators
+named, and skips it elsewhere with the reason; `direct_in_qemu` runs a test
+only where HvCallSignalEventDirect reaches QEMU (TCG, or KVM=patched): a stock
+KVM answers it in the kernel, which other tests assert. `kvm_leg` is the KVM
+leg's selection (`make test-kvm`): every test on the session Hyper-V guest
+(`hv_vm`) and no other VM gets it automatically, and a test may carry it
+explicitly. Each test gets
 test-logs/<test>/ holding, for every VM it touched, the QEMU command line and
 the part of the serial, QMP and command logs written while it ran.
 """
@@ -18,8 +27,11 @@ from types import FrameType
 
 import pytest
 
+from orchestrator.accel import Accel, choose_accel
 from orchestrator.command import VmOptions
 from orchestrator.errors import HarnessError
+from orchestrator.expect import direct_reaches_qemu, kvm_kind
+from orchestrator.nested import KvmUnavailable
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
 from orchestrator.vm import Vm, VmLogs
@@ -56,11 +68,61 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm_options(**kw): VmOptions for the fresh_vm fixture")
     config.addinivalue_line("markers", "hyperv: fresh_vm is a Hyper-V guest (VmOptions.hyperv)")
+    config.addinivalue_line(
+        "markers", "accel(*names, reason=...): run only on these accelerators, else skip"
+    )
+    config.addinivalue_line(
+        "markers", "direct_in_qemu: needs HvCallSignalEventDirect to reach QEMU's handler"
+    )
+    config.addinivalue_line(
+        "markers", "kvm_leg: part of the KVM leg (make test-kvm); automatic for hv_vm tests"
+    )
     config.stash[live_vms_key] = LiveVms()
     # pytest turns SIGINT into KeyboardInterrupt; do the same for SIGTERM so
     # fixture teardown (and with it QEMU's shutdown) runs.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        chosen = choose_accel()
+    except HarnessError as exc:
+        return f"accelerator: {exc}"
+    kvm = f", KVM={kvm_kind()}" if chosen.is_kvm else ""
+    return f"accelerator: {chosen}{kvm}"
+
+
+# Fixtures that boot a VM other than the session Hyper-V guest.
+_OTHER_VMS = {"vm", "fresh_vm", "guest", "qmp"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "hv_vm" in names and not names & _OTHER_VMS:
+            item.add_marker(pytest.mark.kvm_leg)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    wanted = item.get_closest_marker("accel")
+    direct = item.get_closest_marker("direct_in_qemu")
+    if wanted is None and direct is None:
+        return
+    chosen = choose_accel()
+    if wanted is not None and chosen.name not in wanted.args:
+        why = wanted.kwargs.get("reason", "")
+        pytest.skip(
+            f"needs accelerator {' or '.join(wanted.args)}, this run is {chosen.name}"
+            + (f": {why}" if why else "")
+        )
+    if direct is not None and not direct_reaches_qemu(chosen):
+        pytest.skip(
+            f"{chosen.name} with a stock kernel answers HvCallSignalEventDirect itself "
+            "(INVALID_HYPERCALL_CODE, asserted by test_direct_call_on_this_accelerator); "
+            "this test checks QEMU's handler (runs under TCG or KVM=patched)"
+        )
 
 
 def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -84,6 +146,8 @@ def _boot(config: pytest.Config, log_dir: Path, options: VmOptions, name: str) -
     failure = None
     try:
         vm.start()
+    except KvmUnavailable as exc:
+        pytest.skip(f"KVM leg skipped: {exc}")
     except HarnessError as exc:
         failure = str(exc)
     if failure is not None:
@@ -124,6 +188,12 @@ def fresh_vm(request: pytest.FixtureRequest) -> Iterator[Vm]:
     yield booted
     booted.stop()
     request.config.stash[live_vms_key].vms.pop(booted.name, None)
+
+
+@pytest.fixture(scope="session")
+def accel() -> Accel:
+    """The accelerator this session's VMs run on."""
+    return choose_accel()
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import tempfile
+import re
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -16,6 +17,7 @@ from qemu.qmp.error import QMPError
 from orchestrator.errors import HarnessError
 
 T = TypeVar("T")
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
 
 
 class QmpCommandError(HarnessError):
@@ -31,8 +33,9 @@ class QmpCommandError(HarnessError):
 class Qmp:
     """One QMP connection with its own event loop; every exchange is logged."""
 
-    def __init__(self, socket_path: Path, log: Path, name: str) -> None:
-        self.socket_path = socket_path
+    def __init__(self, address: Path | tuple[str, int], log: Path, name: str) -> None:
+        """`address`: a UNIX socket path, or (host, port) for QMP over TCP."""
+        self.address = address
         self.log = log
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient(name)
@@ -52,9 +55,17 @@ class Qmp:
             self._write("event", dict(event))
 
     def connect(self, timeout: float, alive: Callable[[], None]) -> None:
-        """Connects once QEMU has created the socket; `alive` raises if QEMU died."""
+        """Connects once QEMU listens; `alive` raises if QEMU died."""
+        if isinstance(self.address, tuple):
+            self._connect_tcp(self.address, timeout, alive)
+        else:
+            self._connect_unix(self.address, timeout, alive)
+        self._connected = True
+        self._write("greeting", {"version": self.version()})
+
+    def _connect_unix(self, path: Path, timeout: float, alive: Callable[[], None]) -> None:
         deadline = time.monotonic() + timeout
-        while not self.socket_path.exists():
+        while not path.exists():
             alive()
             if time.monotonic() > deadline:
                 raise HarnessError(
@@ -62,14 +73,39 @@ class Qmp:
                 )
             time.sleep(0.02)
         try:
-            self._sync(self._client.connect(str(self.socket_path)), timeout=10)
+            self._sync(self._client.connect(str(path)), timeout=10)
         except (TimeoutError, ConnectError, OSError) as exc:
             alive()
-            raise HarnessError(
-                f"QMP connection to {self.socket_path} failed: {exc}", self.log
-            ) from None
-        self._connected = True
-        self._write("greeting", {"version": self.version()})
+            raise HarnessError(f"QMP connection to {path} failed: {exc}", self.log) from None
+
+    def _connect_tcp(
+        self, address: tuple[str, int], timeout: float, alive: Callable[[], None]
+    ) -> None:
+        """Retries: a forwarded port accepts before the QEMU behind it listens."""
+        deadline = time.monotonic() + timeout
+        last = "no attempt"
+        while time.monotonic() < deadline:
+            alive()
+            try:
+                self._sync(self._client.connect(address), timeout=10)
+                return
+            except (TimeoutError, ConnectError, OSError) as exc:
+                last = str(exc) or type(exc).__name__
+                self._reset_client()
+                time.sleep(1.0)
+        alive()
+        raise HarnessError(
+            f"QMP on {address[0]}:{address[1]} did not answer within {timeout:.0f}s (last: {last})",
+            self.log,
+        )
+
+    def _reset_client(self) -> None:
+        """A fresh client after a failed connect (qemu.qmp keeps the old state)."""
+        with contextlib.suppress(Exception):  # nothing was connected
+            self._sync(self._client.disconnect(), 5)
+        self._client = QMPClient(self._client.name)
+        self._events = EventListener()
+        self._client.register_listener(self._events)
 
     def execute(
         self, command: str, args: dict[str, object] | None = None, timeout: float = 30.0
@@ -97,12 +133,27 @@ class Qmp:
     def reset(self) -> None:
         self.execute("system_reset")
 
+    def hmp(self, command: str, timeout: float = 30.0) -> str:
+        """A human monitor command's output (human-monitor-command)."""
+        return str(self.execute("human-monitor-command", {"command-line": command}, timeout))
+
     def read_phys(self, address: int, size: int) -> bytes:
-        """Guest physical memory, as QEMU sees it (pmemsave into a temp file)."""
-        with tempfile.TemporaryDirectory(prefix="hvsd-pmem-") as tmp:
-            dump = Path(tmp) / "pmem"
-            self.execute("pmemsave", {"val": address, "size": size, "filename": str(dump)})
-            return dump.read_bytes()
+        """Guest physical memory, as QEMU sees it (HMP `xp`, which needs no
+        file on QEMU's side, so it works for a QEMU inside a nested guest)."""
+        words = size % 8 == 0 and address % 8 == 0
+        unit, count = (8, size // 8) if words else (1, size)
+        text = self.hmp(f"xp /{count}{'g' if words else 'b'}x {address:#x}")
+        values = [
+            int(token, 16)
+            for line in text.splitlines()
+            if ":" in line
+            for token in _HEX.findall(line.split(":", 1)[1])
+        ]
+        if len(values) != count:
+            raise HarnessError(
+                f"xp at {address:#x} gave {len(values)} values, not {count}", self.log
+            )
+        return b"".join(v.to_bytes(unit, "little") for v in values)
 
     def quit(self) -> None:
         """Asks QEMU to exit; the connection dropping is the expected answer."""

@@ -2,61 +2,33 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
-import socket
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from orchestrator.accel import Accel, choose_accel
 from orchestrator.artifacts import GuestImage, QemuBuild, find_image, find_qemu, firmware_dirs
-from orchestrator.command import Launch, LaunchPaths, VmOptions, render
+from orchestrator.command import VmOptions
 from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
+from orchestrator.launcher import DirectLauncher, LaunchContext, Launcher, free_port
+from orchestrator.nested import NestedLauncher
 from orchestrator.ports import HostPorts
-from orchestrator.process import QemuProcess
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
 from orchestrator.synic import HostSynic
+from orchestrator.vmlogs import VmLogs
 
-PORT_ATTEMPTS = 3
-QMP_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class VmLogs:
-    """The files one VM writes; tests slice them per test."""
-
-    dir: Path
-
-    @property
-    def cmdline(self) -> Path:
-        return self.dir / "cmdline.txt"
-
-    @property
-    def serial(self) -> Path:
-        return self.dir / "serial.log"
-
-    @property
-    def qemu(self) -> Path:
-        return self.dir / "qemu.log"
-
-    @property
-    def qmp(self) -> Path:
-        return self.dir / "qmp.log"
-
-    @property
-    def commands(self) -> Path:
-        return self.dir / "commands.log"
+__all__ = ["Vm", "VmLogs", "free_port"]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def make_launcher(ctx: LaunchContext) -> Launcher:
+    """Tests see one kind of VM: the accelerator picks how its QEMU starts."""
+    if ctx.accel.nested:
+        return NestedLauncher(ctx)
+    return DirectLauncher(ctx)
 
 
 class Vm:
@@ -79,8 +51,7 @@ class Vm:
         self.ssh_port = 0
         self.boot_seconds = 0.0
         self._runtime: Path | None = None
-        self._process: QemuProcess | None = None
-        self._qmp: Qmp | None = None
+        self._launcher: Launcher | None = None
         self._guest: Guest | None = None
         self._console = ConsoleWatch(self.logs.serial)
 
@@ -98,9 +69,9 @@ class Vm:
 
     @property
     def qmp(self) -> Qmp:
-        if self._qmp is None:
+        if self._launcher is None or self._launcher.qmp is None:
             raise HarnessError("VM not started")
-        return self._qmp
+        return self._launcher.qmp
 
     @property
     def guest(self) -> Guest:
@@ -120,19 +91,38 @@ class Vm:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._launcher.pid if self._launcher else None
+
+    @property
+    def boot_timeout(self) -> float:
+        """The options' timeout, scaled by the launcher (nested boots are slower)."""
+        return self._launcher.boot_timeout if self._launcher else self.options.boot_timeout
 
     def start(self) -> None:
-        if self._process is not None:
+        if self._launcher is not None:
             raise HarnessError(f"VM {self.name} is already started")
         self.logs.dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.accel = self._accel or choose_accel()
             self.qemu = find_qemu()
             self.image = find_image()
             firmware = firmware_dirs()
-            self.accel = self._accel or choose_accel()
             self._runtime = Path(tempfile.mkdtemp(prefix="hvsd-"))
-            started = self._launch(firmware)
+            self._launcher = make_launcher(
+                LaunchContext(
+                    qemu=self.qemu,
+                    image=self.image,
+                    firmware=firmware,
+                    accel=self.accel,
+                    options=self.options,
+                    name=self.name,
+                    logs=self.logs,
+                    runtime=self._runtime,
+                    console=self._console,
+                )
+            )
+            started = self._launcher.start()
+            self.ssh_port = self._launcher.ssh_port
             self._guest = Guest(
                 "127.0.0.1",
                 self.ssh_port,
@@ -142,7 +132,7 @@ class Vm:
                 self.logs.serial,
             )
             self._guest.wait_ready(
-                self.options.boot_timeout - (time.monotonic() - started),
+                self.boot_timeout - (time.monotonic() - started),
                 self._check_alive,
                 self._console.sshd_listening,
             )
@@ -151,43 +141,9 @@ class Vm:
             self.stop()
             raise
 
-    def _launch(self, firmware: list[Path]) -> float:
-        """Starts QEMU and connects QMP, retrying if the SSH port was taken meanwhile."""
-        assert self.qemu and self.image and self.accel and self._runtime
-        for attempt in range(PORT_ATTEMPTS):
-            self.ssh_port = free_port()
-            launch = Launch(
-                qemu=self.qemu.binary,
-                name=self.name,
-                accel=self.accel.name,
-                image=self.image,
-                options=self.options,
-                paths=LaunchPaths(self._runtime / "qmp.sock", self.logs.serial),
-                ssh_port=self.ssh_port,
-                firmware_dirs=firmware,
-            )
-            argv = render(launch)
-            # A serial log left by an earlier run would show a stale boot.
-            self.logs.serial.unlink(missing_ok=True)
-            self._console.mark()
-            self.logs.cmdline.write_text(shlex.join(argv) + "\n")
-            started = time.monotonic()
-            self._process = QemuProcess(argv, self.logs.qemu)
-            self._process.start()
-            self._qmp = Qmp(self._runtime / "qmp.sock", self.logs.qmp, self.name)
-            try:
-                self._qmp.connect(QMP_TIMEOUT, self._check_alive)
-                return started
-            except HarnessError:
-                port_taken = "host forwarding" in self._process.last_line()
-                self._stop_process()
-                if not port_taken or attempt == PORT_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
-
     def _check_alive(self) -> None:
-        if self._process is not None:
-            self._process.check_running("before the guest was ready")
+        if self._launcher is not None:
+            self._launcher.check_alive()
         self._console.check_panic()
 
     def reboot(self, guest_command: str | None = None) -> None:
@@ -200,26 +156,15 @@ class Vm:
         self._console.mark()
         if guest_command is None:
             self.qmp.reset()
-        self.guest.wait_ready(
-            self.options.boot_timeout, self._check_alive, self._console.sshd_listening
-        )
-
-    def _stop_process(self) -> None:
-        if self._qmp is not None:
-            self._qmp.quit()
-        if self._process is not None:
-            if self._process.wait(3.0) is None:
-                self._process.stop()
-            self._process = None
-        if self._qmp is not None:
-            self._qmp.close()
-            self._qmp = None
+        self.guest.wait_ready(self.boot_timeout, self._check_alive, self._console.sshd_listening)
 
     def stop(self) -> None:
         if self._guest is not None:
             self._guest.close()
             self._guest = None
-        self._stop_process()
+        if self._launcher is not None:
+            self._launcher.stop()
+            self._launcher = None
         if self._runtime is not None:
             shutil.rmtree(self._runtime, ignore_errors=True)
             self._runtime = None

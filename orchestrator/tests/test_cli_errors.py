@@ -38,4 +38,5 @@ def test_missing_qemu_binary_is_named(tmp_path: Path) -> None:
 def test_bad_accelerator_is_one_line(tmp_path: Path) -> None:
     done = run_cli("run", "true", env={"ACCEL": "whpx"})
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == ["error: ACCEL=whpx is not one of: tcg, kvm"]
+    expected = "error: ACCEL=whpx is not one of: tcg, kvm, nested-kvm"
+    assert done.stderr.strip().splitlines() == [expected]

@@ -1,0 +1,294 @@
+"""ACCEL=nested-kvm: the test guest runs under KVM inside a "KVM host" guest
+that itself runs under TCG.
+
+The KVM host boots from the same image (`-cpu max`, no hv-* flags: SVM with
+nested paging), loads kvm and kvm_amd, and gets three virtio disks: its own
+root (a snapshot), the payload (our QEMU, libraries, firmware, the test
+guest's kernel and initrd; orchestrator/payload.py) and the test guest's root
+disk. It then runs our QEMU with the command line the TCG path renders, with
+`-accel kvm` and paths translated to its mounts. The outer QEMU forwards SSH
+and QMP (TCP inside) out to this host, and the test guest's console goes to
+the outer guest's second serial port, which is the host file ConsoleWatch
+reads. The inner QEMU's log is copied out to the VM's qemu.log when it stops
+or fails; the KVM host's own logs go to <log dir>/kvm-host/."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shlex
+import time
+from pathlib import Path, PurePosixPath
+
+from orchestrator.accel import Accel
+from orchestrator.command import Launch, LaunchPaths, VmOptions, render
+from orchestrator.console import ConsoleWatch
+from orchestrator.errors import HarnessError
+from orchestrator.launcher import DirectLauncher, LaunchContext, free_port
+from orchestrator.payload import PayloadLayout, ensure_payload
+from orchestrator.qmp import Qmp
+from orchestrator.ssh import Guest
+
+HOST_MEMORY_MB = 3072
+HOST_CPUS = 2
+HOST_BOOT_TIMEOUT = 300.0
+# Inner boots take 50-90 s against ~10 s under plain TCG.
+INNER_BOOT_FACTOR = 4.0
+INNER_QMP_TIMEOUT = 180.0
+INNER_SSH_PORT = 2222
+INNER_QMP_PORT = 4444
+INNER_CONSOLE = PurePosixPath("/dev/ttyS1")
+INNER_DIR = PurePosixPath("/tmp/hvsd-inner")
+INNER_LOG = INNER_DIR / "qemu.log"
+# The KVM host's virtio disks, in command-line order: vda is its root.
+PAYLOAD_DEVICE, ROOTFS_DEVICE = "/dev/vdb", "/dev/vdc"
+ALIVE_EVERY = 3.0
+
+# Exit codes of PREPARE, each a cause the user is told.
+NO_VIRT, KVM_LOAD_FAILED, NO_DEV_KVM, MOUNT_FAILED, NO_ROOTFS = 10, 11, 12, 13, 14
+PREPARE = f"""
+if grep -qw svm /proc/cpuinfo; then module=kvm_amd
+elif grep -qw vmx /proc/cpuinfo; then module=kvm_intel
+else grep -m1 '^model name' /proc/cpuinfo; exit {NO_VIRT}; fi
+busybox modprobe $module 2>&1 ||
+    {{ dmesg | grep -i -e kvm -e svm | tail -n 3; exit {KVM_LOAD_FAILED}; }}
+[ -c /dev/kvm ] || exit {NO_DEV_KVM}
+mkdir -p {PayloadLayout().mount} {INNER_DIR}
+busybox mount -t ext4 -o ro {PAYLOAD_DEVICE} {PayloadLayout().mount} 2>&1 || exit {MOUNT_FAILED}
+[ -b {ROOTFS_DEVICE} ] || exit {NO_ROOTFS}
+"""
+
+
+class KvmUnavailable(HarnessError):
+    """The KVM host guest's CPU offers no virtualization: the KVM leg is skipped."""
+
+
+def host_options(payload: Path, rootfs: Path, inner_console: Path) -> VmOptions:
+    """The KVM host guest: no Hyper-V, room for the test guest, three disks and
+    a second serial port that carries the test guest's console out."""
+    return VmOptions(
+        cpus=HOST_CPUS,
+        memory_mb=HOST_MEMORY_MB,
+        cpu="max",
+        boot_timeout=HOST_BOOT_TIMEOUT,
+        extra_args=(
+            "-drive", f"file={payload},if=virtio,format=raw,readonly=on",
+            "-drive", f"file={rootfs},if=virtio,format=raw,readonly=on",
+            "-chardev", f"file,id=inner-console,path={inner_console}",
+            "-serial", "chardev:inner-console",
+        ),
+    )  # fmt: skip
+
+
+def inner_launch(ctx: LaunchContext, layout: PayloadLayout) -> Launch:
+    """The test guest's QEMU as the TCG path renders it, with -accel kvm and
+    every host path replaced by where the KVM host sees it."""
+    image = dataclasses.replace(
+        ctx.image,
+        kernel=Path(layout.kernel),
+        initrd=Path(layout.initrd),
+        rootfs=Path(ROOTFS_DEVICE),
+    )
+    return Launch(
+        qemu=Path(layout.qemu),
+        name=ctx.name,
+        accel="kvm",
+        image=image,
+        options=ctx.options,
+        paths=LaunchPaths(Path("/nonexistent"), Path(INNER_CONSOLE)),
+        ssh_port=INNER_SSH_PORT,
+        firmware_dirs=[Path(layout.firmware)],
+        ssh_bind="0.0.0.0",
+        qmp_tcp_port=INNER_QMP_PORT,
+        serial_backend="serial",
+    )
+
+
+def inner_start_command(argv: list[str]) -> str:
+    """Starts the inner QEMU detached (the SSH channel may close); prints its pid."""
+    return (
+        f"cd {INNER_DIR} || exit 1; TMPDIR={INNER_DIR} nohup {shlex.join(argv)} "
+        f"</dev/null >{INNER_LOG} 2>&1 & echo $!"
+    )
+
+
+class KvmHostLauncher(DirectLauncher):
+    """The outer QEMU (TCG, on this host), forwarding the inner guest's ports."""
+
+    def __init__(self, ctx: LaunchContext, forwards: tuple[tuple[int, int], ...]) -> None:
+        super().__init__(ctx)
+        self.forwards = forwards
+
+    def launch(self, ssh_port: int) -> Launch:
+        return dataclasses.replace(super().launch(ssh_port), forwards=self.forwards)
+
+
+class NestedLauncher:
+    """The test guest under KVM inside a TCG guest; see the module docstring."""
+
+    def __init__(self, ctx: LaunchContext) -> None:
+        self.ctx = ctx
+        self.layout = PayloadLayout()
+        self.ssh_port = 0
+        self.qmp: Qmp | None = None
+        self.host_logs = ctx.logs.kvm_host
+        self._host: KvmHostLauncher | None = None
+        self._host_guest: Guest | None = None
+        self._inner_pid: int | None = None
+        self._last_check = 0.0
+
+    @property
+    def boot_timeout(self) -> float:
+        return self.ctx.options.boot_timeout * INNER_BOOT_FACTOR
+
+    @property
+    def pid(self) -> int | None:
+        """The outer QEMU's: the inner one dies with it."""
+        return self._host.pid if self._host else None
+
+    @property
+    def host_guest(self) -> Guest:
+        if self._host_guest is None:
+            raise HarnessError("the KVM host guest is not running")
+        return self._host_guest
+
+    def start(self) -> float:
+        ctx = self.ctx
+        self.host_logs.dir.mkdir(parents=True, exist_ok=True)
+        payload = ensure_payload(ctx.qemu, ctx.image, ctx.firmware)
+        self.ssh_port, qmp_port = free_port(), free_port()
+        self._boot_host(payload, qmp_port)
+        self._prepare_kvm()
+        started = time.monotonic()
+        self._start_inner()
+        self.qmp = Qmp(("127.0.0.1", qmp_port), ctx.logs.qmp, ctx.name)
+        self.qmp.connect(INNER_QMP_TIMEOUT, self.check_alive)
+        return started
+
+    def _boot_host(self, payload: Path, qmp_port: int) -> None:
+        ctx, logs = self.ctx, self.host_logs
+        ctx.logs.serial.unlink(missing_ok=True)
+        host_ctx = dataclasses.replace(
+            ctx,
+            accel=Accel("tcg", "KVM host guest for nested-kvm"),
+            options=host_options(payload, ctx.image.rootfs, ctx.logs.serial),
+            name=f"{ctx.name}-kvm-host",
+            logs=logs,
+            console=ConsoleWatch(logs.serial),
+        )
+        forwards = ((self.ssh_port, INNER_SSH_PORT), (qmp_port, INNER_QMP_PORT))
+        self._host = KvmHostLauncher(host_ctx, forwards)
+        self._host.start()
+        ctx.console.mark()
+        self._host_guest = Guest(
+            "127.0.0.1",
+            self._host.ssh_port,
+            ctx.image.ssh_key,
+            ctx.image.host_key_pub,
+            logs.commands,
+            logs.serial,
+        )
+        try:
+            self._host_guest.wait_ready(
+                HOST_BOOT_TIMEOUT, self._host_alive, host_ctx.console.sshd_listening
+            )
+        except HarnessError as exc:
+            raise HarnessError(f"the KVM host guest did not boot: {exc.cause}", exc.log) from None
+
+    def _host_alive(self) -> None:
+        if self._host is not None:
+            try:
+                self._host.check_alive()
+            except HarnessError as exc:
+                raise HarnessError(f"KVM host guest's {exc.cause}", exc.log) from None
+
+    def _prepare_kvm(self) -> None:
+        done = self.host_guest.run(PREPARE, timeout=120)
+        said = " ".join(done.out.split()) or " ".join(done.err.split()) or "(no output)"
+        log = self.host_logs.commands
+        if done.rc == NO_VIRT:
+            raise KvmUnavailable(
+                f"no svm or vmx in the KVM host guest's CPU ({said}): "
+                "this host's QEMU offers no nested virtualization",
+                log,
+            )
+        causes = {
+            KVM_LOAD_FAILED: "kvm_amd/kvm_intel did not load in the KVM host guest",
+            NO_DEV_KVM: "no /dev/kvm in the KVM host guest after loading kvm",
+            MOUNT_FAILED: "the payload disk did not mount in the KVM host guest",
+            NO_ROOTFS: f"no {ROOTFS_DEVICE} (the test guest's disk) in the KVM host guest",
+        }
+        if done.rc != 0:
+            cause = causes.get(done.rc, f"KVM host set-up failed with status {done.rc}")
+            raise HarnessError(f"{cause}: {said}", log)
+
+    def _start_inner(self) -> None:
+        argv = render(inner_launch(self.ctx, self.layout))
+        self.ctx.logs.cmdline.write_text(shlex.join(argv) + "\n")
+        done = self.host_guest.run(inner_start_command(argv), timeout=60, check=True)
+        self._inner_pid = int(done.out.split()[-1])
+        self._last_check = time.monotonic()
+
+    def _inner_running(self) -> bool:
+        if self._inner_pid is None:
+            return False
+        return self.host_guest.run(f"kill -0 {self._inner_pid}", timeout=30).rc == 0
+
+    def check_alive(self) -> None:
+        self._host_alive()
+        if self._inner_pid is None or time.monotonic() - self._last_check < ALIVE_EVERY:
+            return
+        self._last_check = time.monotonic()
+        if not self._inner_running():
+            self._inner_pid = None
+            self._copy_inner_log()
+            last = _last_line(self.ctx.logs.qemu)
+            raise HarnessError(
+                f"QEMU in the KVM host guest exited before the guest was ready: {last}",
+                self.ctx.logs.qemu,
+            )
+
+    def _copy_inner_log(self) -> None:
+        """The inner QEMU's log and the KVM host's dmesg, out to the log dir."""
+        if self._host_guest is None:
+            return
+        try:
+            self._host_guest.get(str(INNER_LOG), self.ctx.logs.qemu)
+            dmesg = self._host_guest.run("dmesg", timeout=30).out
+            (self.host_logs.dir / "dmesg.txt").write_text(dmesg)
+        except Exception:  # best effort: the KVM host may be gone already
+            pass
+
+    def stop(self) -> None:
+        if self.qmp is not None:
+            self.qmp.quit()
+            self.qmp.close()
+            self.qmp = None
+        if self._host_guest is not None:
+            self._stop_inner()
+            self._copy_inner_log()
+            self._host_guest.close()
+            self._host_guest = None
+        if self._host is not None:
+            self._host.stop()
+            self._host = None
+
+    def _stop_inner(self) -> None:
+        if self._inner_pid is None:
+            return
+        pid, self._inner_pid = self._inner_pid, None
+        # If this fails, the outer QEMU's end takes the inner one with it.
+        with contextlib.suppress(Exception):
+            self.host_guest.run(
+                f"for i in $(seq 50); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; "
+                f"kill -9 {pid}",
+                timeout=30,
+            )
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no output)"
+    return lines[-1].strip() if lines else "(no output)"

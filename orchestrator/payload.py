@@ -1,0 +1,160 @@
+"""The read-only disk the nested KVM host gets: our QEMU, its libraries, its
+firmware and the test guest's kernel and initrd, as an ext4 image in the cache.
+
+Built once per set of inputs (the key hashes every file that goes in), with
+`mke2fs -d`, so nothing is copied over SSH into the TCG guest."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from orchestrator.artifacts import GuestImage, QemuBuild, cache_dir
+from orchestrator.errors import HarnessError
+
+LAYOUT_VERSION = "1"
+# What QEMU loads for a -kernel boot on q35 with SeaBIOS (and the option ROMs
+# it may look for); each is taken from the first firmware directory holding it.
+FIRMWARE_FILES = (
+    "bios-256k.bin",
+    "linuxboot_dma.bin",
+    "linuxboot.bin",
+    "multiboot_dma.bin",
+    "multiboot.bin",
+    "kvmvapic.bin",
+    "pvh.bin",
+)
+PAYLOAD_MOUNT = PurePosixPath("/mnt/hvsd-payload")
+LOADER = "ld-linux-x86-64.so.2"
+# The wrapper runs QEMU through the copied loader, so that the outer guest's
+# own libraries (if any differ) play no part.
+WRAPPER = f"""#!/bin/sh
+here=$(dirname "$0")/..
+exec "$here/lib/{LOADER}" --library-path "$here/lib" "$here/bin/qemu-system-x86_64" "$@"
+"""
+_LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+
+
+@dataclass(frozen=True)
+class PayloadLayout:
+    """Where things are once the outer guest has mounted the payload disk."""
+
+    mount: PurePosixPath = PAYLOAD_MOUNT
+
+    @property
+    def qemu(self) -> PurePosixPath:
+        return self.mount / "bin" / "qemu"
+
+    @property
+    def firmware(self) -> PurePosixPath:
+        return self.mount / "firmware"
+
+    @property
+    def kernel(self) -> PurePosixPath:
+        return self.mount / "guest" / "vmlinuz"
+
+    @property
+    def initrd(self) -> PurePosixPath:
+        return self.mount / "guest" / "initrd.img"
+
+
+@dataclass(frozen=True)
+class PayloadInputs:
+    """Host file -> path inside the payload disk."""
+
+    files: dict[str, Path]
+
+    def key(self) -> str:
+        digest = hashlib.sha256(LAYOUT_VERSION.encode())
+        for inside, source in sorted(self.files.items()):
+            digest.update(inside.encode() + b"\0")
+            with source.open("rb") as data:
+                for block in iter(lambda: data.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()[:16]
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """The libraries `ldd` says the binary loads, the loader included."""
+    try:
+        done = subprocess.run(
+            ["ldd", str(binary)], capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise HarnessError(f"ldd {binary} failed: {exc}") from None
+    libs = [Path(m.group(1)) for line in done.stdout.splitlines() if (m := _LDD_LINE.search(line))]
+    if not any(lib.name == LOADER for lib in libs):
+        raise HarnessError(f"ldd {binary} names no {LOADER}: is it a dynamic x86_64 binary?")
+    return libs
+
+
+def payload_inputs(qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path]) -> PayloadInputs:
+    files = {"bin/qemu-system-x86_64": qemu.binary}
+    for lib in shared_libraries(qemu.binary):
+        files[f"lib/{lib.name}"] = lib.resolve()
+    for name in FIRMWARE_FILES:
+        found = next((d / name for d in firmware_dirs if (d / name).is_file()), None)
+        if found is not None:
+            files[f"firmware/{name}"] = found.resolve()
+    files["guest/vmlinuz"] = image.kernel
+    files["guest/initrd.img"] = image.initrd
+    return PayloadInputs(files)
+
+
+def _stage(inputs: PayloadInputs, root: Path) -> None:
+    for inside, source in inputs.files.items():
+        target = root / inside
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if inside == "bin/qemu-system-x86_64":
+            # Debug info would triple the disk; the outer guest needs none.
+            subprocess.run(["strip", "-o", str(target), str(source)], check=True, timeout=120)
+        else:
+            shutil.copyfile(source, target)
+        target.chmod(0o755 if inside.startswith(("bin/", "lib/")) else 0o644)
+    wrapper = root / "bin" / "qemu"
+    wrapper.write_text(WRAPPER)
+    wrapper.chmod(0o755)
+
+
+def _make_ext4(root: Path, disk: Path, log: Path) -> None:
+    used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    size_mb = used * 5 // 4 // (1 << 20) + 32
+    with log.open("w") as out:
+        done = subprocess.run(
+            ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "hvsd-payload", "-d", str(root),
+             str(disk), f"{size_mb}M"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=300,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise HarnessError("mke2fs of the nested-KVM payload disk failed", log)
+
+
+def ensure_payload(qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path]) -> Path:
+    """The payload disk for these inputs, built now if the cache lacks it."""
+    inputs = payload_inputs(qemu, image, firmware_dirs)
+    folder = cache_dir() / "nested"
+    folder.mkdir(parents=True, exist_ok=True)
+    disk = folder / f"payload-{inputs.key()}.ext4"
+    if disk.is_file():
+        return disk
+    for stale in folder.glob("payload-*.ext4"):
+        stale.unlink(missing_ok=True)
+    log = folder / "payload-build.log"
+    with tempfile.TemporaryDirectory(prefix="hvsd-payload-", dir=folder) as tmp:
+        root = Path(tmp) / "root"
+        try:
+            _stage(inputs, root)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise HarnessError(f"staging the nested-KVM payload failed: {exc}") from None
+        partial = Path(tmp) / "disk.ext4"
+        _make_ext4(root, partial, log)
+        partial.rename(disk)
+    return disk

@@ -1,0 +1,157 @@
+"""The nested-KVM launcher's command lines and the accelerator's launcher
+choice, without booting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import payload
+from orchestrator.accel import Accel
+from orchestrator.artifacts import QemuBuild
+from orchestrator.command import VmOptions, render
+from orchestrator.console import ConsoleWatch
+from orchestrator.launcher import DirectLauncher, LaunchContext
+from orchestrator.nested import (
+    INNER_LOG,
+    KvmHostLauncher,
+    NestedLauncher,
+    host_options,
+    inner_launch,
+    inner_start_command,
+)
+from orchestrator.payload import PayloadInputs, PayloadLayout
+from orchestrator.tests.test_command import IMAGE, arg_after
+from orchestrator.vm import make_launcher
+from orchestrator.vmlogs import VmLogs
+
+
+def context(accel: str, tmp: Path, options: VmOptions | None = None) -> LaunchContext:
+    logs = VmLogs(tmp / "logs")
+    return LaunchContext(
+        qemu=QemuBuild(Path("/build/qemu-system-x86_64"), "base", "hash", 24, "10.2"),
+        image=IMAGE,
+        firmware=[Path("/usr/share/seabios")],
+        accel=Accel(accel, "test"),
+        options=options or VmOptions.hyperv(),
+        name="t",
+        logs=logs,
+        runtime=tmp / "run",
+        console=ConsoleWatch(logs.serial),
+    )
+
+
+@pytest.mark.parametrize(
+    ("accel", "kind"),
+    [("tcg", DirectLauncher), ("kvm", DirectLauncher), ("nested-kvm", NestedLauncher)],
+)
+def test_the_accelerator_picks_the_launcher(tmp_path: Path, accel: str, kind: type) -> None:
+    launcher = make_launcher(context(accel, tmp_path))
+    assert type(launcher) is kind
+
+
+def test_host_kvm_runs_the_tcg_command_line_with_accel_kvm(tmp_path: Path) -> None:
+    tcg = render(DirectLauncher(context("tcg", tmp_path)).launch(40022))
+    kvm = render(DirectLauncher(context("kvm", tmp_path)).launch(40022))
+    assert arg_after(kvm, "-accel") == ["kvm"]
+    assert arg_after(kvm, "-cpu") == [arg_after(tcg, "-cpu")[0] + ",kvm=off"]
+    assert [{"tcg": "kvm"}.get(a, a) for a in tcg if "hv-" not in a] == [
+        a for a in kvm if "hv-" not in a
+    ]
+
+
+def test_inner_qemu_gets_the_tcg_command_line_with_accel_kvm_and_translated_paths(
+    tmp_path: Path,
+) -> None:
+    ctx = context("nested-kvm", tmp_path)
+    layout = PayloadLayout()
+    inner = render(inner_launch(ctx, layout))
+    tcg = render(DirectLauncher(context("tcg", tmp_path)).launch(2222))
+
+    assert inner[0] == "/mnt/hvsd-payload/bin/qemu"
+    assert arg_after(inner, "-accel") == ["kvm"]
+    assert arg_after(inner, "-cpu") == [arg_after(tcg, "-cpu")[0] + ",kvm=off"]
+    assert arg_after(inner, "-device") == arg_after(tcg, "-device")
+    assert arg_after(inner, "-append") == arg_after(tcg, "-append")
+    assert arg_after(inner, "-L") == ["/mnt/hvsd-payload/firmware"]
+    assert arg_after(inner, "-kernel") == ["/mnt/hvsd-payload/guest/vmlinuz"]
+    assert arg_after(inner, "-initrd") == ["/mnt/hvsd-payload/guest/initrd.img"]
+    assert arg_after(inner, "-drive")[0].startswith(
+        "file=/dev/vdc,if=virtio,format=raw,snapshot=on"
+    )
+    assert "hostfwd=tcp:0.0.0.0:2222-:22" in arg_after(inner, "-netdev")[0]
+    assert arg_after(inner, "-qmp") == ["tcp:0.0.0.0:4444,server=on,wait=off"]
+    assert arg_after(inner, "-chardev") == ["serial,id=serial0,path=/dev/ttyS1"]
+    # Nothing else differs from the TCG command line.
+    differing = {i for i, (a, b) in enumerate(zip(inner, tcg, strict=True)) if a != b}
+    flags = {inner[i - 1] for i in differing if i > 0}
+    assert flags == {
+        "-accel",
+        "-cpu",
+        "-L",
+        "-kernel",
+        "-initrd",
+        "-drive",
+        "-netdev",
+        "-chardev",
+        "-qmp",
+    }
+
+
+def test_kvm_host_is_a_plain_tcg_guest_with_the_payload_and_two_serials(tmp_path: Path) -> None:
+    ctx = context("nested-kvm", tmp_path)
+    options = host_options(Path("/c/payload.ext4"), IMAGE.rootfs, ctx.logs.serial)
+    host_ctx = LaunchContext(**{**ctx.__dict__, "options": options, "accel": Accel("tcg", "h")})
+    argv = render(KvmHostLauncher(host_ctx, ((41000, 2222), (41001, 4444))).launch(40022))
+
+    assert arg_after(argv, "-accel") == ["tcg"]
+    assert arg_after(argv, "-cpu") == ["max"], "no hv-* flags on the KVM host"
+    assert arg_after(argv, "-m") == ["3072"]
+    assert arg_after(argv, "-smp") == ["2"]
+    drives = arg_after(argv, "-drive")
+    assert drives[0].startswith(f"file={IMAGE.rootfs},") and "snapshot=on" in drives[0]
+    assert drives[1] == "file=/c/payload.ext4,if=virtio,format=raw,readonly=on"
+    assert drives[2] == f"file={IMAGE.rootfs},if=virtio,format=raw,readonly=on"
+    netdev = arg_after(argv, "-netdev")[0]
+    for forward in ("127.0.0.1:40022-:22", "127.0.0.1:41000-:2222", "127.0.0.1:41001-:4444"):
+        assert f"hostfwd=tcp:{forward}" in netdev
+    assert arg_after(argv, "-serial") == ["chardev:serial0", "chardev:inner-console"]
+    assert f"file,id=inner-console,path={ctx.logs.serial}" in arg_after(argv, "-chardev")
+
+
+def test_nested_boots_get_a_longer_timeout(tmp_path: Path) -> None:
+    options = VmOptions.hyperv(boot_timeout=100)
+    assert NestedLauncher(context("nested-kvm", tmp_path, options)).boot_timeout == 400
+    assert DirectLauncher(context("tcg", tmp_path, options)).boot_timeout == 100
+
+
+def test_inner_qemu_starts_detached_with_its_log_in_the_host_guest() -> None:
+    command = inner_start_command(["/q", "-name", "a b"])
+    assert "nohup /q -name 'a b' </dev/null" in command
+    assert f">{INNER_LOG} 2>&1 & echo $!" in command
+
+
+def test_ldd_output_gives_every_library_and_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = (
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        "\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f01)\n"
+        "\t/lib64/ld-linux-x86-64.so.2 (0x00007f02)\n"
+    )
+
+    class Done:
+        stdout = out
+
+    monkeypatch.setattr(payload.subprocess, "run", lambda *a, **k: Done())
+    libs = payload.shared_libraries(Path("/q"))
+    assert libs == [Path("/lib/x86_64-linux-gnu/libz.so.1"), Path("/lib64/ld-linux-x86-64.so.2")]
+
+
+def test_payload_key_follows_every_input(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    first = PayloadInputs({"bin/x": a, "guest/k": b}).key()
+    assert first == PayloadInputs({"guest/k": b, "bin/x": a}).key()
+    b.write_bytes(b"three")
+    assert PayloadInputs({"bin/x": a, "guest/k": b}).key() != first
