@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup host venv qemu image test test-unit demo fuzz bench-boot bench-signal \
+.PHONY: help setup host venv qemu image kvm-modules test test-unit demo fuzz bench-boot bench-signal \
         qemu-dev qemu-export check-series lint clean distclean
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
 	@echo "make bench-signal per-call cost of each signalling path (CALLS=, RUNS=)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
+	@echo "make kvm-modules  kvm.ko, kvm-intel.ko, kvm-amd.ko for the image's kernel, with kvm-patches/"
 	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
 	@echo "make qemu-export  write ./qemu-dev's commits back to qemu-patches/"
 	@echo "make check-series compile checks: --disable-kvm, --disable-tcg, every patch"
@@ -46,6 +47,11 @@ endif
 
 image: setup
 	@bash images/build-image.sh
+
+# KVM modules for the image's kernel (its headers come from `make image`),
+# from Debian's source of that kernel with kvm-patches/series applied.
+kvm-modules: image
+	@bash scripts/build-kvm-modules.sh
 
 test: qemu image
 	@$(PY) -m pytest $(PYTEST_ARGS)
