@@ -186,6 +186,11 @@ vermagic() {
 
 check_modules() {
     local stage=$1 module magic first=""
+    # modpost resolved every symbol against the headers' Module.symvers?
+    if grep -E 'modpost: .*undefined' "$LOG"; then
+        echo "modpost: symbols the image kernel does not export"
+        return 1
+    fi
     for module in $MODULES; do
         [ -f "$stage/arch/x86/kvm/$module.ko" ] || { echo "$module.ko was not built"; return 1; }
         magic=$(vermagic "$stage/arch/x86/kvm/$module.ko")
