@@ -23,10 +23,25 @@ SOURCE_PARTS="arch/x86 include virt scripts tools Documentation/virt usr
 GIT=(git -c user.name=hv-signal-direct -c user.email=hv-signal-direct@localhost
      -c advice.detachedHead=false -c init.defaultBranch=main)
 
-# step runs its command with errexit off: run ours in a subshell with it on,
-# so that any failing command fails the step.
-strict() {
-    (set -e; "$@")
+# kstep LABEL CMD...: like step (lib.sh), with errexit on in CMD, and on
+# failure one line naming the step, the first error CMD logged, and the log.
+kstep() {
+    local label=$1 start rc from cause
+    shift
+    from=$(($(stat -c %s "$LOG") + 1))
+    start=$(date +%s.%N)
+    printf '%s ... ' "$label"
+    set +e
+    (set -e; "$@") >>"$LOG" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -ne 0 ]; then
+        echo "failed"
+        cause=$(tail -c +"$from" "$LOG" | grep -m1 -E '^E: |error|Error|failed|not ' || true)
+        cause=${cause//"${STAGE:-/nonexistent}/build/"/}
+        die "$label failed (exit $rc)${cause:+: $cause}; see $LOG"
+    fi
+    awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "done (%.1fs)\n", e - s }'
 }
 
 need_tool apt-get dpkg-deb tar xz git make gcc objcopy sha256sum
@@ -208,16 +223,20 @@ STAGE=$(mktemp -d "$HVSD_CACHE/kvm-modules/stage.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 
 echo "kvm-modules: kernel $KERNEL_RELEASE ($SOURCE_PACKAGE=$KERNEL_VERSION), key $key (log: $LOG)"
+BASE_VERSION=$(sed -n 's/^DEBIAN_VERSION=//p' "$PATCH_DIR/BASE")
+if [ "$BASE_VERSION" != "$KERNEL_VERSION" ]; then
+    echo "note: the series was written against linux $BASE_VERSION (kvm-patches/BASE); the image's kernel is $KERNEL_VERSION"
+fi
 if [ ! -d "$TREE/.git" ]; then
-    step "kvm-modules: fetch $SOURCE_PACKAGE=$KERNEL_VERSION with apt" "$LOG" strict fetch_source
-    step "kvm-modules: unpack and commit base" "$LOG" strict unpack_source
+    kstep "kvm-modules: fetch $SOURCE_PACKAGE=$KERNEL_VERSION with apt" fetch_source
+    kstep "kvm-modules: unpack and commit base" unpack_source
 fi
 printf 'kvm-modules: apply series (%s patches) ... ' "$(series_patches | wc -l)"
 apply_series
 echo "done"
-step "kvm-modules: stage arch/x86/kvm, virt/kvm and the patched headers" "$LOG" strict stage_build "$STAGE/build"
-step "kvm-modules: build $(echo "$MODULES" | sed 's/ /, /g') against $HEADERS" "$LOG" strict build_modules "$STAGE/build"
-step "kvm-modules: check vermagic against $KERNEL_RELEASE" "$LOG" strict check_modules "$STAGE/build"
+kstep "kvm-modules: stage arch/x86/kvm, virt/kvm and the patched headers" stage_build "$STAGE/build"
+kstep "kvm-modules: build $(echo "$MODULES" | sed 's/ /, /g') against $HEADERS" build_modules "$STAGE/build"
+kstep "kvm-modules: check vermagic against $KERNEL_RELEASE" check_modules "$STAGE/build"
 
 mkdir -p "$OUT"
 for module in $MODULES; do
