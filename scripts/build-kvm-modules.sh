@@ -96,6 +96,9 @@ write_manifest() {
     "kvm": "$OUT/kvm.ko",
     "kvm-intel": "$OUT/kvm-intel.ko",
     "kvm-amd": "$OUT/kvm-amd.ko"
+  },
+  "selftests": {
+    "hyperv_features": "$OUT/selftests/hyperv_features"
   }
 }
 JSON
@@ -189,6 +192,18 @@ build_modules() {
     make -C "$HEADERS" M="$stage/arch/x86/kvm" -j"$(nproc)" modules
 }
 
+# KVM's own selftest that the series extends, built from the patched tree
+# against its uapi headers (`make headers` writes them to the tree's usr/).
+SELFTESTS="x86_64/hyperv_features"
+build_selftests() {
+    local test
+    make -C "$TREE" headers
+    for test in $SELFTESTS; do
+        make -C "$TREE/tools/testing/selftests/kvm" OUTPUT="$TREE/tools/testing/selftests/kvm" \
+            "$TREE/tools/testing/selftests/kvm/$test"
+    done
+}
+
 # vermagic of a module, with modinfo if there is one.
 vermagic() {
     if command -v modinfo >/dev/null 2>&1; then
@@ -237,12 +252,16 @@ echo "done"
 kstep "kvm-modules: stage arch/x86/kvm, virt/kvm and the patched headers" stage_build "$STAGE/build"
 kstep "kvm-modules: build $(echo "$MODULES" | sed 's/ /, /g') against $HEADERS" build_modules "$STAGE/build"
 kstep "kvm-modules: check vermagic against $KERNEL_RELEASE" check_modules "$STAGE/build"
+kstep "kvm-modules: build the selftest ($(echo $SELFTESTS)) from the patched tree" build_selftests
 
 mkdir -p "$OUT"
 for module in $MODULES; do
     install -m 644 "$STAGE/build/arch/x86/kvm/$module.ko" "$OUT/$module.ko"
 done
 cp "$STAGE/build/vermagic" "$OUT/vermagic"
+for test in $SELFTESTS; do
+    install -D -m 755 "$TREE/tools/testing/selftests/kvm/$test" "$OUT/selftests/$(basename "$test")"
+done
 "${GIT[@]}" -C "$TREE" log --format='%h %s' hvsd-base..HEAD >"$OUT/series.txt"
 write_manifest
 touch "$OUT/complete"
