@@ -6,6 +6,7 @@ Exits with the selftest's status."""
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def main() -> int:
     parser.add_argument("--stock", action="store_true")
     parser.add_argument("--log-dir", default="test-logs/kvm-modules-smoke")
     args = parser.parse_args()
-    cache = Path(__import__("os").environ.get("HVSD_CACHE", Path.home() / ".cache/hv-signal-direct"))
+    cache = Path(os.environ.get("HVSD_CACHE", Path.home() / ".cache/hv-signal-direct"))
     manifest = json.loads((cache / "kvm-modules.json").read_text())
     options = VmOptions(cpu="max", memory_mb=1024, boot_timeout=300)
     with Vm(Path(args.log_dir), options, accel=choose_accel("tcg")) as vm:
