@@ -8,7 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup host venv qemu image test test-kvm test-unit demo fuzz bench-boot bench-signal \
+.PHONY: help setup host venv qemu image kvm-modules kvm-modules-smoke test test-kvm test-unit demo fuzz \
+        bench-boot bench-signal \
         qemu-dev qemu-export check-series lint clean distclean
 
 help:
@@ -19,6 +20,8 @@ help:
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
 	@echo "make bench-signal per-call cost of each signalling path (CALLS=, RUNS=)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
+	@echo "make kvm-modules  kvm.ko, kvm-intel.ko, kvm-amd.ko for the image's kernel, with kvm-patches/"
+	@echo "make kvm-modules-smoke  load them in a TCG guest, run KVM's hyperv_features selftest (STOCK=1)"
 	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
 	@echo "make qemu-export  write ./qemu-dev's commits back to qemu-patches/"
 	@echo "make check-series compile checks: --disable-kvm, --disable-tcg, every patch"
@@ -47,6 +50,16 @@ endif
 
 image: setup
 	@bash images/build-image.sh
+
+# KVM modules for the image's kernel (its headers come from `make image`),
+# from Debian's source of that kernel with kvm-patches/series applied.
+kvm-modules: image
+	@bash scripts/build-kvm-modules.sh
+
+# Loads them in a TCG guest (emulated SVM) and runs KVM's hyperv_features
+# selftest there; STOCK=1: the image's own modules instead.
+kvm-modules-smoke: kvm-modules venv
+	@$(PY) scripts/kvm-modules-smoke.py $(if $(STOCK),--stock)
 
 test: qemu image
 	@$(PY) -m pytest $(PYTEST_ARGS)
