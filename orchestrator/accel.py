@@ -95,3 +95,15 @@ def kvm_leg() -> Accel:
     if usable:
         return Accel("kvm", why)
     return Accel("nested-kvm", f"host KVM not usable: {why}")
+
+
+KVM_KINDS = ("stock", "patched")
+
+
+def kvm_kind() -> str:
+    """KVM=stock (the default) or KVM=patched: which KVM modules the KVM leg's
+    host loads (patched: ours from `make kvm-modules`, which forward 0x00C0)."""
+    kind = os.environ.get("KVM", "stock") or "stock"
+    if kind not in KVM_KINDS:
+        raise HarnessError(f"KVM={kind} is not one of: {', '.join(KVM_KINDS)}")
+    return kind

@@ -9,24 +9,12 @@ userspace (KVM=patched) answers as QEMU does, so as TCG does.
 
 from __future__ import annotations
 
-import os
-
-from orchestrator.accel import Accel
+from orchestrator.accel import Accel, kvm_kind
 from orchestrator.contract import HvStatus
-from orchestrator.errors import HarnessError
 
-KVM_KINDS = ("stock", "patched")
 # Linux's HV_HYPERCALL_RSVD_MASK (bits 31:27, 47:44, 63:60): a control word
 # with any of these is refused before the call code is looked at.
 KVM_RESERVED_CONTROL_BITS = (0x1F << 27) | (0xF << 44) | (0xF << 60)
-
-
-def kvm_kind() -> str:
-    """KVM=stock (the default) or KVM=patched: which kernel the KVM leg runs on."""
-    kind = os.environ.get("KVM", "stock") or "stock"
-    if kind not in KVM_KINDS:
-        raise HarnessError(f"KVM={kind} is not one of: {', '.join(KVM_KINDS)}")
-    return kind
 
 
 def direct_reaches_qemu(accel: Accel) -> bool:

@@ -20,7 +20,7 @@ import shlex
 import time
 from pathlib import Path, PurePosixPath
 
-from orchestrator.accel import Accel
+from orchestrator.accel import Accel, kvm_kind
 from orchestrator.command import Launch, LaunchPaths, VmOptions, render
 from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
@@ -44,17 +44,36 @@ INNER_LOG = INNER_DIR / "qemu.log"
 PAYLOAD_DEVICE, ROOTFS_DEVICE = "/dev/vdb", "/dev/vdc"
 ALIVE_EVERY = 3.0
 
-# Exit codes of PREPARE, each a cause the user is told.
+# Exit codes of the KVM host's set-up, each a cause the user is told.
 NO_VIRT, KVM_LOAD_FAILED, NO_DEV_KVM, MOUNT_FAILED, NO_ROOTFS = 10, 11, 12, 13, 14
-PREPARE = f"""
-if grep -qw svm /proc/cpuinfo; then module=kvm_amd
-elif grep -qw vmx /proc/cpuinfo; then module=kvm_intel
+PATCHED_LOAD_FAILED = 15
+
+
+def prepare_script(patched_kvm: bool) -> str:
+    """Mounts the payload, loads KVM (the stock modules, or with KVM=patched ours
+    from the payload: never the stock ones instead) and checks /dev/kvm."""
+    mount = PayloadLayout().mount
+    modules = PayloadLayout().kvm_modules
+    if patched_kvm:
+        load = (
+            f"busybox modprobe irqbypass 2>&1; busybox insmod {modules}/kvm.ko 2>&1 &&\n"
+            f"    busybox insmod {modules}/$module.ko 2>&1 &&\n"
+            "    grep -q O /sys/module/kvm/taint ||\n"
+            f"    {{ dmesg | grep -i -e kvm -e svm | tail -n 3; exit {PATCHED_LOAD_FAILED}; }}"
+        )
+    else:
+        load = (
+            "busybox modprobe $(echo $module | tr - _) 2>&1 ||\n"
+            f"    {{ dmesg | grep -i -e kvm -e svm | tail -n 3; exit {KVM_LOAD_FAILED}; }}"
+        )
+    return f"""
+if grep -qw svm /proc/cpuinfo; then module=kvm-amd
+elif grep -qw vmx /proc/cpuinfo; then module=kvm-intel
 else grep -m1 '^model name' /proc/cpuinfo; exit {NO_VIRT}; fi
-busybox modprobe $module 2>&1 ||
-    {{ dmesg | grep -i -e kvm -e svm | tail -n 3; exit {KVM_LOAD_FAILED}; }}
+mkdir -p {mount} {INNER_DIR}
+busybox mount -t ext4 -o ro {PAYLOAD_DEVICE} {mount} 2>&1 || exit {MOUNT_FAILED}
+{load}
 [ -c /dev/kvm ] || exit {NO_DEV_KVM}
-mkdir -p {PayloadLayout().mount} {INNER_DIR}
-busybox mount -t ext4 -o ro {PAYLOAD_DEVICE} {PayloadLayout().mount} 2>&1 || exit {MOUNT_FAILED}
 [ -b {ROOTFS_DEVICE} ] || exit {NO_ROOTFS}
 """
 
@@ -132,6 +151,7 @@ class NestedLauncher:
         self.ssh_port = 0
         self.qmp: Qmp | None = None
         self.host_logs = ctx.logs.kvm_host
+        self.patched_kvm = kvm_kind() == "patched"
         self._host: KvmHostLauncher | None = None
         self._host_guest: Guest | None = None
         self._inner_pid: int | None = None
@@ -155,7 +175,7 @@ class NestedLauncher:
     def start(self) -> float:
         ctx = self.ctx
         self.host_logs.dir.mkdir(parents=True, exist_ok=True)
-        payload = ensure_payload(ctx.qemu, ctx.image, ctx.firmware)
+        payload = ensure_payload(ctx.qemu, ctx.image, ctx.firmware, self.patched_kvm)
         self.ssh_port, qmp_port = free_port(), free_port()
         self._boot_host(payload, qmp_port)
         self._prepare_kvm()
@@ -203,7 +223,7 @@ class NestedLauncher:
                 raise HarnessError(f"KVM host guest's {exc.cause}", exc.log) from None
 
     def _prepare_kvm(self) -> None:
-        done = self.host_guest.run(PREPARE, timeout=120)
+        done = self.host_guest.run(prepare_script(self.patched_kvm), timeout=120)
         said = " ".join(done.out.split()) or " ".join(done.err.split()) or "(no output)"
         log = self.host_logs.commands
         if done.rc == NO_VIRT:
@@ -216,6 +236,7 @@ class NestedLauncher:
             KVM_LOAD_FAILED: "kvm_amd/kvm_intel did not load in the KVM host guest",
             NO_DEV_KVM: "no /dev/kvm in the KVM host guest after loading kvm",
             MOUNT_FAILED: "the payload disk did not mount in the KVM host guest",
+            PATCHED_LOAD_FAILED: "KVM=patched: our kvm modules did not load in the KVM host guest",
             NO_ROOTFS: f"no {ROOTFS_DEVICE} (the test guest's disk) in the KVM host guest",
         }
         if done.rc != 0:

@@ -7,6 +7,7 @@ Built once per set of inputs (the key hashes every file that goes in), with
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -62,6 +63,11 @@ class PayloadLayout:
     def initrd(self) -> PurePosixPath:
         return self.mount / "guest" / "initrd.img"
 
+    @property
+    def kvm_modules(self) -> PurePosixPath:
+        """The patched kvm.ko, kvm-amd.ko and kvm-intel.ko, with KVM=patched."""
+        return self.mount / "kvm"
+
 
 @dataclass(frozen=True)
 class PayloadInputs:
@@ -93,8 +99,29 @@ def shared_libraries(binary: Path) -> list[Path]:
     return libs
 
 
-def payload_inputs(qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path]) -> PayloadInputs:
+KVM_MODULES = ("kvm", "kvm-amd", "kvm-intel")
+
+
+def patched_kvm_modules() -> dict[str, Path]:
+    """The modules `make kvm-modules` built (kvm-modules.json), by name."""
+    manifest = cache_dir() / "kvm-modules.json"
+    if not manifest.exists():
+        raise HarnessError(f"KVM=patched, but {manifest} not found: run 'make kvm-modules' first")
+    modules = json.loads(manifest.read_text())["modules"]
+    found = {name: Path(modules[name]) for name in KVM_MODULES}
+    for name, path in found.items():
+        if not path.is_file():
+            raise HarnessError(f"KVM=patched: {name}.ko not found at {path}", manifest)
+    return found
+
+
+def payload_inputs(
+    qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path], patched_kvm: bool = False
+) -> PayloadInputs:
     files = {"bin/qemu-system-x86_64": qemu.binary}
+    if patched_kvm:
+        for name, path in patched_kvm_modules().items():
+            files[f"kvm/{name}.ko"] = path
     for lib in shared_libraries(qemu.binary):
         files[f"lib/{lib.name}"] = lib.resolve()
     for name in FIRMWARE_FILES:
@@ -137,9 +164,11 @@ def _make_ext4(root: Path, disk: Path, log: Path) -> None:
         raise HarnessError("mke2fs of the nested-KVM payload disk failed", log)
 
 
-def ensure_payload(qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path]) -> Path:
+def ensure_payload(
+    qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path], patched_kvm: bool = False
+) -> Path:
     """The payload disk for these inputs, built now if the cache lacks it."""
-    inputs = payload_inputs(qemu, image, firmware_dirs)
+    inputs = payload_inputs(qemu, image, firmware_dirs, patched_kvm)
     folder = cache_dir() / "nested"
     folder.mkdir(parents=True, exist_ok=True)
     disk = folder / f"payload-{inputs.key()}.ext4"

@@ -27,10 +27,10 @@ from types import FrameType
 
 import pytest
 
-from orchestrator.accel import Accel, choose_accel
+from orchestrator.accel import Accel, choose_accel, kvm_kind
 from orchestrator.command import VmOptions
 from orchestrator.errors import HarnessError
-from orchestrator.expect import direct_reaches_qemu, kvm_kind
+from orchestrator.expect import direct_reaches_qemu
 from orchestrator.nested import KvmUnavailable
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
