@@ -29,7 +29,7 @@ SLOT_BYTES = 256
 FLAGS_PER_SLOT = SLOT_BYTES * 8
 
 UD_VECTOR = 6
-Insn = Literal["vmcall", "vmmcall", "page"]
+Insn = Literal["vmcall", "vmmcall", "page", "native"]
 T = TypeVar("T")
 
 
@@ -282,7 +282,7 @@ class HypercallArgs:
     out_len: int | None = None
     out_fill: int | None = None
     xmm: tuple[bytes, ...] = ()
-    insn: Insn = "vmcall"
+    insn: Insn = "native"
     user: bool = False
 
     def argv(self) -> list[str]:
@@ -435,7 +435,7 @@ class Probe:
         out_len: int | None = None,
         out_fill: int | None = None,
         xmm: tuple[bytes, ...] = (),
-        insn: Insn = "vmcall",
+        insn: Insn = "native",
         user: bool = False,
     ) -> HypercallResult:
         """One hypercall; the arguments are HypercallArgs' (and the CLI's options)."""

@@ -6,6 +6,7 @@
  * the module is not loaded. See guest-tests/README.md for every command.
  */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -44,7 +45,7 @@ static const char *const usage_text =
 	"  sint [--cpu N] --sint S (--vector V [--masked] [--auto-eoi] [--polling] | --raw VALUE)\n"
 	"  hypercall [--cpu N] --control C [--fast] [--input HEX] [--in-offset O]\n"
 	"            [--out-offset O] [--in-gpa G] [--out-gpa G] [--out-len N]\n"
-	"            [--out-fill B] [--xmm HEX]... [--insn vmcall|vmmcall|page] [--user]\n"
+	"            [--out-fill B] [--xmm HEX]... [--insn vmcall|vmmcall|page|native] [--user]\n"
 	"            [--repeat N]\n"
 	"  sief [--cpu N] --sint S [--clear]\n"
 	"  sim [--cpu N] --sint S [--clear]\n"
@@ -239,10 +240,31 @@ static const struct option long_options[] = {
 
 static const char *const insn_names[] = { "vmcall", "vmmcall", "page" };
 
+/*
+ * The CPU vendor's own instruction: the other one traps into the hypervisor
+ * as #UD, which KVM may emulate by rewriting the caller's code.
+ */
+static uint32_t native_insn(void)
+{
+	unsigned int eax, ebx, ecx, edx;
+
+	__cpuid(0, eax, ebx, ecx, edx);
+	(void)eax;
+	(void)ecx;
+	(void)edx;
+	/* "AuthenticAMD" and "HygonGenuine" */
+	return ebx == 0x68747541 || ebx == 0x6f677948 ? HVPROBE_INSN_VMMCALL
+						       : HVPROBE_INSN_VMCALL;
+}
+
 static bool parse_insn(const char *text, uint32_t *insn)
 {
 	uint32_t i;
 
+	if (!strcmp(text, "native")) {
+		*insn = native_insn();
+		return true;
+	}
 	for (i = 0; i < ARRAY_SIZE(insn_names); i++) {
 		if (!strcmp(text, insn_names[i])) {
 			*insn = i;
