@@ -36,7 +36,7 @@ def mem_total_kib(vm: Vm) -> int:
 @pytest.mark.vm_options(memory_mb=MEMORY_MB, extra_args=HYPERV_TESTDEV + VMBUS_DEVICES)
 def test_hv_balloon_binds_and_follows_a_qmp_balloon_request(fresh_vm: Vm) -> None:
     guest = fresh_vm.guest
-    guest.run("modprobe hv_vmbus && modprobe hv_balloon", check=True)
+    guest.run("busybox modprobe hv_vmbus && busybox modprobe hv_balloon", check=True)
     eventually(
         lambda: guest.run(f"ls {BALLOON_DRIVER}").out.count("-") >= 4,
         "hv_balloon bound to a VMBus device (a GUID in its driver directory)",
