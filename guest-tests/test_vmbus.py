@@ -21,7 +21,16 @@ pytestmark = pytest.mark.vm
 
 MEMORY_MB = 1024
 BALLOON_TARGET_MB = 768
-VMBUS_DEVICES = ("-device", "vmbus-bridge", "-device", "hv-balloon,id=balloon0")
+# Linux's hv_balloon ignores balloon requests while the guest can hibernate,
+# which q35's ACPI S4 would allow.
+VMBUS_DEVICES = (
+    "-global",
+    "ICH9-LPC.disable_s4=1",
+    "-device",
+    "vmbus-bridge",
+    "-device",
+    "hv-balloon,id=balloon0",
+)
 BALLOON_DRIVER = "/sys/bus/vmbus/drivers/hv_balloon"
 
 
