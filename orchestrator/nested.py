@@ -30,7 +30,10 @@ from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
 
 HOST_MEMORY_MB = 3072
-HOST_CPUS = 2
+# One vCPU: with two, the KVM host guest crashed now and then under TCG (a
+# kernel #PF on a bad GS base right after a nested #VMEXIT, or the test guest
+# reset), which one vCPU has not shown.
+HOST_CPUS = 1
 HOST_BOOT_TIMEOUT = 300.0
 # Inner boots take 50-90 s against ~10 s under plain TCG.
 INNER_BOOT_FACTOR = 4.0

@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/io.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -976,25 +975,21 @@ static int cmd_hypercall(struct opts *o)
 }
 
 /*
- * Port I/O, for devices such as hyperv-testdev: one 32-bit OUT or IN from
- * this process (ioperm needs CAP_SYS_RAWIO, not the module).
+ * Port I/O, for devices such as hyperv-testdev: one 32-bit OUT or IN, made
+ * by the module on the CPU asked for (0 by default).
  */
 static int cmd_port(struct opts *o, bool write)
 {
-	uint32_t port, value = 0;
+	struct hvprobe_port p = { .cpu = o->cpu, .write = write };
+	int rc;
 
-	if (o->nargs != (write ? 2 : 1) || !parse_u32(o->args[0], 0xfffc, &port) ||
-	    (write && !parse_u32(o->args[1], UINT32_MAX, &value)))
+	if (o->nargs != (write ? 2 : 1) || !parse_u32(o->args[0], 0xfffc, &p.port) ||
+	    (write && !parse_u32(o->args[1], UINT32_MAX, &p.value)))
 		return usage_error(write ? "outl takes PORT VALUE" : "inl takes PORT");
-	if (o->has_cpu && pin_to_cpu(o->cpu))
-		return fail(EXIT_REFUSED, "cannot run on cpu %u: %s", o->cpu, strerror(errno));
-	if (ioperm(port, 4, 1))
-		return fail(EXIT_REFUSED, "ioperm %#x: %s", port, strerror(errno));
-	if (write)
-		outl(value, (unsigned short)port);
-	else
-		value = inl((unsigned short)port);
-	printf("{\"cpu\": %d, \"port\": %u, \"value\": %u}\n", sched_getcpu(), port, value);
+	rc = call(HVPROBE_IOC_PORT, &p, write ? "outl" : "inl");
+	if (rc)
+		return rc;
+	printf("{\"cpu\": %u, \"port\": %u, \"value\": %u}\n", p.cpu, p.port, p.value);
 	return 0;
 }
 

@@ -385,6 +385,25 @@ static int hvprobe_ipi(struct hvprobe_ipi *ipi)
 	return hvprobe_on_cpu(ipi->from_cpu, hvprobe_ipi_fn, ipi);
 }
 
+/* Port I/O. */
+
+static void hvprobe_port_fn(void *arg)
+{
+	struct hvprobe_port *p = arg;
+
+	if (p->write)
+		outl(p->value, p->port);
+	else
+		p->value = inl(p->port);
+}
+
+static int hvprobe_port(struct hvprobe_port *p)
+{
+	if (p->port > 0xfffc)
+		return -EINVAL;
+	return hvprobe_on_cpu(p->cpu, hvprobe_port_fn, p);
+}
+
 /* Hypercalls. */
 
 /*
@@ -644,6 +663,7 @@ union hvprobe_args {
 	struct hvprobe_irqs irqs;
 	struct hvprobe_ipi ipi;
 	struct hvprobe_hypercall hypercall;
+	struct hvprobe_port port;
 };
 
 static int hvprobe_dispatch(unsigned int cmd, union hvprobe_args *a)
@@ -674,6 +694,8 @@ static int hvprobe_dispatch(unsigned int cmd, union hvprobe_args *a)
 		return hvprobe_ipi(&a->ipi);
 	case HVPROBE_IOC_HYPERCALL:
 		return hvprobe_hypercall(&a->hypercall);
+	case HVPROBE_IOC_PORT:
+		return hvprobe_port(&a->port);
 	default:
 		return -ENOTTY;
 	}

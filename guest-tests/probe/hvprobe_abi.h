@@ -128,6 +128,18 @@ struct hvprobe_irqs {
 	__u64 in_service[HVPROBE_VECTORS];
 };
 
+/*
+ * One 32-bit OUT or IN, from the kernel on one CPU: a process's own port
+ * access goes through the TSS I/O bitmap, which not every (nested)
+ * emulation checks right.
+ */
+struct hvprobe_port {
+	__u32 cpu;			/* in */
+	__u32 port;			/* in: 0..0xfffc */
+	__u32 value;			/* in for OUT, out for IN */
+	__u32 write;			/* in: 1 OUT, 0 IN */
+};
+
 struct hvprobe_ipi {
 	__u32 from_cpu;			/* in: the CPU that sends */
 	__u32 to_cpu;			/* in: the CPU that receives */
@@ -191,5 +203,6 @@ struct hvprobe_hypercall {
 #define HVPROBE_IOC_IRQS	_IOWR(HVPROBE_IOC_MAGIC, 0x09, struct hvprobe_irqs)
 #define HVPROBE_IOC_IPI		_IOW(HVPROBE_IOC_MAGIC, 0x0a, struct hvprobe_ipi)
 #define HVPROBE_IOC_HYPERCALL	_IOWR(HVPROBE_IOC_MAGIC, 0x0b, struct hvprobe_hypercall)
+#define HVPROBE_IOC_PORT	_IOWR(HVPROBE_IOC_MAGIC, 0x0c, struct hvprobe_port)
 
 #endif /* HVPROBE_ABI_H */
