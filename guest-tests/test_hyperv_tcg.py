@@ -249,3 +249,21 @@ def test_host_and_guest_agree_on_the_synic(hv_vm: Vm, probe: Probe) -> None:
 
 def test_a_guest_without_hv_synic_has_no_synic_for_the_host(vm: Vm) -> None:
     assert vm.synic.state() == {}
+
+
+@pytest.mark.hyperv
+@pytest.mark.vm_options(cpus=2, extra_args=("-smp", "2,maxcpus=3"))
+def test_a_hot_plugged_vcpu_starts_with_its_sints_masked(fresh_vm: Vm) -> None:
+    slot = next(
+        cpu for cpu in fresh_vm.qmp.execute("query-hotpluggable-cpus") if "qom-path" not in cpu
+    )
+    fresh_vm.qmp.execute("device_add", {"driver": slot["type"], "id": "cpu2", **slot["props"]})
+    fresh_vm.guest.run(
+        "for i in $(seq 50); do [ -e /sys/devices/system/cpu/cpu2/online ] && break; sleep 0.2; done;"
+        " echo 1 > /sys/devices/system/cpu/cpu2/online",
+        check=True,
+    )
+    probe = Probe(fresh_vm.guest)
+    assert probe.rdmsr(VP_INDEX, cpu=2).value == 2
+    assert [probe.rdmsr(SINT0 + s, cpu=2).value for s in range(16)] == [SINT_MASKED] * 16
+    assert probe.rdmsr(SCONTROL, cpu=2).value == 0
