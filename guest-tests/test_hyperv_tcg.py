@@ -259,8 +259,8 @@ def test_a_hot_plugged_vcpu_starts_with_its_sints_masked(fresh_vm: Vm) -> None:
     )
     fresh_vm.qmp.execute("device_add", {"driver": slot["type"], "id": "cpu2", **slot["props"]})
     fresh_vm.guest.run(
-        "for i in $(seq 50); do [ -e /sys/devices/system/cpu/cpu2/online ] && break; sleep 0.2; done;"
-        " echo 1 > /sys/devices/system/cpu/cpu2/online",
+        "cpu2=/sys/devices/system/cpu/cpu2/online;"
+        " for i in $(seq 50); do [ -e $cpu2 ] && break; sleep 0.2; done; echo 1 > $cpu2",
         check=True,
     )
     probe = Probe(fresh_vm.guest)
