@@ -14,6 +14,7 @@ from orchestrator.command import VmOptions, render
 from orchestrator.console import ConsoleWatch
 from orchestrator.launcher import DirectLauncher, LaunchContext
 from orchestrator.nested import (
+    HOST_CPUS,
     INNER_LOG,
     KvmHostLauncher,
     NestedLauncher,
@@ -108,7 +109,7 @@ def test_kvm_host_is_a_plain_tcg_guest_with_the_payload_and_two_serials(tmp_path
     assert arg_after(argv, "-accel") == ["tcg"]
     assert arg_after(argv, "-cpu") == ["max"], "no hv-* flags on the KVM host"
     assert arg_after(argv, "-m") == ["3072"]
-    assert arg_after(argv, "-smp") == ["2"]
+    assert arg_after(argv, "-smp") == [str(HOST_CPUS)]
     drives = arg_after(argv, "-drive")
     assert drives[0].startswith(f"file={IMAGE.rootfs},") and "snapshot=on" in drives[0]
     assert drives[1] == "file=/c/payload.ext4,if=virtio,format=raw,readonly=on"

@@ -152,6 +152,6 @@ def test_hypercall_arguments_become_cli_options() -> None:
         0xC0, cpu=1, input=b"\x01\xff", in_offset=4088, out_gpa=0x1000, xmm=(b"\xaa",)
     )
     assert args.argv() == [
-        "--cpu", "1", "--control", "0xc0", "--insn", "vmcall", "--input", "01ff",
+        "--cpu", "1", "--control", "0xc0", "--insn", "native", "--input", "01ff",
         "--in-offset", "4088", "--out-gpa", "4096", "--xmm", "aa",
     ]  # fmt: skip
