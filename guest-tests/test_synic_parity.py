@@ -41,16 +41,6 @@ def vector_of(cpu: int, sint: int) -> int:
     return 0x90 + cpu * 0x20 + sint
 
 
-@pytest.fixture(scope="module")
-def probe(hv_vm: Vm) -> Probe:
-    return Probe(hv_vm.guest)
-
-
-@pytest.fixture(scope="module")
-def testdev(probe: Probe) -> HypervTestDev:
-    return HypervTestDev(probe)
-
-
 @pytest.fixture
 def all_sints(probe: Probe) -> Iterator[None]:
     """Both vCPUs' SynICs on, all 16 SINTs unmasked, the AUTO_EOI_SINTS auto-EOI."""

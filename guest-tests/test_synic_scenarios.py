@@ -30,16 +30,6 @@ MESSAGE_FLAG_PENDING = 1
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def probe(hv_vm: Vm) -> Probe:
-    return Probe(hv_vm.guest)
-
-
-@pytest.fixture(scope="module")
-def testdev(probe: Probe) -> HypervTestDev:
-    return HypervTestDev(probe)
-
-
 @contextmanager
 def synic(probe: Probe, cpu: int, sint: int, vector: int) -> Iterator[None]:
     """SynIC enabled on `cpu` with SIEF and SIM pages, `sint` unmasked with `vector`."""
