@@ -24,6 +24,9 @@ class SynicInfo:
     sints: tuple[int, ...]
     sief_mapped: bool
     sim_mapped: bool
+    # Whether QEMU's HvCallSignalEventDirect handler is reachable from this
+    # vCPU: always under TCG, under KVM only with a kernel that forwards 0x00C0.
+    signal_event_direct: bool
 
     @property
     def sief_gpa(self) -> int | None:
@@ -47,6 +50,7 @@ class HostSynic:
                     sints=tuple(int(v) for v in entry["sint"]),
                     sief_mapped=bool(entry["sief-mapped"]),
                     sim_mapped=bool(entry["sim-mapped"]),
+                    signal_event_direct=bool(entry["signal-event-direct"]),
                 )
                 for entry in self.qmp.execute("x-query-synic")
             )
