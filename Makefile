@@ -24,7 +24,7 @@ help:
 	@echo "make kvm-modules-smoke  load them in a TCG guest, run KVM's hyperv_features selftest (STOCK=1)"
 	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
 	@echo "make qemu-export  write ./qemu-dev's commits back to qemu-patches/"
-	@echo "make check-series compile checks: --disable-kvm, --disable-tcg, every patch"
+	@echo "make check-series QEMU's checks: checkpatch, --disable-kvm/tcg, linux-user, avr, qtests, every patch"
 	@echo "make lint         ruff over the Python code"
 
 setup: host venv

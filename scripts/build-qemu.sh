@@ -5,7 +5,7 @@
 #   build-qemu.sh build    fetch, apply, configure, build; write qemu.json
 #   build-qemu.sh dev      a git worktree (./qemu-dev) with the series as commits
 #   build-qemu.sh export   write ./qemu-dev's commits back to qemu-patches/
-#   build-qemu.sh check    compile checks with --disable-kvm and --disable-tcg
+#   build-qemu.sh check    what QEMU's CI would run: checkpatch, other builds, qtests, each patch
 #
 # QEMU_SRC=/path/to/qemu.git builds that tree's HEAD with the series instead.
 set -euo pipefail
@@ -229,14 +229,23 @@ cmd_export() {
     echo "qemu-export: $(series_patches | wc -l) patches written to $PATCH_DIR"
 }
 
-# Compile checks of the patched tree with one accelerator left out each time,
-# then a build at every commit of the series (each patch must build on its own).
+# What QEMU's own CI would run against the series, one progress line and one
+# log per step (logs/check-series/): checkpatch on every patch; the tip built
+# with one accelerator left out each time, for x86_64-linux-user, and for one
+# non-x86 softmmu target (avr, the smallest: the QMP stubs are target-neutral);
+# the qtests that touch what the series changes; then a build at every commit
+# of the series (each patch must build on its own).
 cmd_check() {
-    local log variant build flag
+    local logs variant build flag patch test
     local -a flags
     cmd_build
-    log=$HVSD_CACHE/logs/qemu-check.log
-    : >"$log"
+    logs=$HVSD_CACHE/logs/check-series
+    rm -rf "$logs"
+    mkdir -p "$logs"
+    for patch in $(series_patches); do
+        step "checkpatch $patch" "$logs/checkpatch.log" \
+            checkpatch_clean "$TREE_ROOT/src" "$PATCH_DIR/$patch"
+    done
     for variant in kvm tcg; do
         build=$TREE_ROOT/build-no-$variant
         flags=()
@@ -244,14 +253,67 @@ cmd_check() {
             [ "$flag" = "--enable-$variant" ] || flags+=("$flag")
         done
         flags+=("--disable-$variant")
-        if [ ! -f "$build/build.ninja" ]; then
-            mkdir -p "$build"
-            step "qemu: configure --disable-$variant" "$log" \
-                env -C "$build" "$TREE_ROOT/src/configure" --python="$PYTHON" "${flags[@]}"
-        fi
-        step "qemu: build --disable-$variant" "$log" ninja -C "$build" qemu-system-x86_64
+        configure_other "$build" "$logs/no-$variant.log" "${flags[@]}"
+        step "qemu: build --disable-$variant" "$logs/no-$variant.log" \
+            ninja -C "$build" qemu-system-x86_64
     done
-    check_each_patch "$log"
+    configure_other "$TREE_ROOT/build-linux-user" "$logs/linux-user.log" \
+        --target-list=x86_64-linux-user "${OTHER_TARGET_FLAGS[@]}"
+    step "qemu: build x86_64-linux-user" "$logs/linux-user.log" \
+        ninja -C "$TREE_ROOT/build-linux-user" qemu-x86_64
+    configure_other "$TREE_ROOT/build-avr" "$logs/avr.log" \
+        --target-list=avr-softmmu --without-default-devices "${OTHER_TARGET_FLAGS[@]}"
+    step "qemu: build avr-softmmu and its qmp-cmd-test" "$logs/avr.log" \
+        ninja -C "$TREE_ROOT/build-avr" qemu-system-avr tests/qtest/qmp-cmd-test
+    step "qemu: build the x86_64 qtests" "$logs/qtests.log" \
+        ninja -C "$TREE_ROOT/build" "${X86_QTESTS[@]/#/tests/qtest/}"
+    for test in "${X86_QTESTS[@]}"; do
+        step "qtest x86_64 $test" "$logs/qtest-x86_64-$test.log" \
+            run_qtest "$TREE_ROOT/build" qemu-system-x86_64 "$test"
+    done
+    step "qtest avr qmp-cmd-test" "$logs/qtest-avr-qmp-cmd-test.log" \
+        run_qtest "$TREE_ROOT/build-avr" qemu-system-avr qmp-cmd-test
+    check_each_patch "$logs/each-patch.log"
+}
+
+# The qtests of QEMU's own suite that touch what the series changes: every
+# query command (x-query-synic, x-query-hv-ports), every device's properties
+# (hyperv-testdev), and the CPU models' CPUID.
+X86_QTESTS=(qmp-cmd-test device-introspect-test test-x86-cpuid-compat)
+OTHER_TARGET_FLAGS=(--without-default-features --enable-tcg --disable-docs --disable-rust
+                    --disable-download --disable-install-blobs)
+
+configure_other() {
+    local build=$1 log=$2
+    shift 2
+    [ -f "$build/build.ninja" ] && return 0
+    mkdir -p "$build"
+    step "qemu: configure $(basename "$build")" "$log" \
+        env -C "$build" "$TREE_ROOT/src/configure" --python="$PYTHON" "$@"
+}
+
+# The +ds tarball has no firmware blobs: a qtest's QEMU finds Debian's in the
+# build tree's data directory (qemu-bundle/), as it would find the tree's own.
+FIRMWARE_DIRS=(/usr/share/seabios /usr/share/qemu /usr/lib/ipxe/qemu)
+
+run_qtest() {
+    local build=$1 binary=$2 test=$3 datadir dir blob
+    datadir=$(dirname "$(find "$build/qemu-bundle" -name trace-events-all -print -quit)")
+    for dir in "${FIRMWARE_DIRS[@]}"; do
+        for blob in "$dir"/*; do
+            [ -e "$datadir/$(basename "$blob")" ] || ln -s "$blob" "$datadir/"
+        done
+    done
+    env -C "$build" QTEST_QEMU_BINARY="./$binary" QTEST_QEMU_IMG=/bin/false \
+        timeout 1200 "./tests/qtest/$test"
+}
+
+# 0 errors and 0 warnings from QEMU's own scripts/checkpatch.pl.
+checkpatch_clean() {
+    local tree=$1 patch=$2 out
+    out=$(perl "$tree/scripts/checkpatch.pl" --no-signoff "$patch" 2>&1) || true
+    echo "$out"
+    echo "$out" | grep -q "has no obvious style problems"
 }
 
 check_each_patch() {
