@@ -320,7 +320,7 @@ cmd_check() {
 # The qtests of QEMU's own suite that touch what the series changes: every
 # query command (x-query-synic, x-query-hv-ports), every device's properties
 # (hyperv-testdev), and the CPU models' CPUID.
-X86_QTESTS=(qmp-cmd-test device-introspect-test test-x86-cpuid-compat)
+X86_QTESTS=(qmp-cmd-test device-introspect-test test-x86-cpuid-compat hyperv-ports-test)
 OTHER_TARGET_FLAGS=(--without-default-features --enable-tcg --disable-docs --disable-rust
                     --disable-download --disable-install-blobs)
 
