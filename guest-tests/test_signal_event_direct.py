@@ -335,8 +335,9 @@ def test_direct_call_on_this_accelerator(clean: SiefWatch, accel: Accel) -> None
     """Replaces the old test_kvm_exit_path, which skipped everywhere. Under TCG
     (or KVM=patched) 0x00C0 reaches QEMU, and QEMU says so in x-query-synic
     (under KVM, from KVM_CAP_HYPERV_SIGNAL_EVENT_DIRECT): SUCCESS,
-    NewlySignaled, the flag in both views and one interrupt. Under a stock KVM the kernel answers it:
-    INVALID_HYPERCALL_CODE, no flag, no interrupt, the output untouched."""
+    NewlySignaled, the flag in both views and one interrupt. Under a stock KVM
+    the kernel answers it: INVALID_HYPERCALL_CODE, no flag, no interrupt, the
+    output untouched."""
     reported = {vp: info.signal_event_direct for vp, info in clean.vm.synic.state().items()}
     assert set(reported.values()) == {direct_reaches_qemu(accel)}, (
         f"QEMU's x-query-synic says the call reaches it: {reported}"

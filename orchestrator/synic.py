@@ -26,7 +26,9 @@ class SynicInfo:
     sim_mapped: bool
     # Whether QEMU's HvCallSignalEventDirect handler is reachable from this
     # vCPU: always under TCG, under KVM only with a kernel that forwards 0x00C0.
-    signal_event_direct: bool
+    # None from a QEMU older than the series' patch that reports it, so that
+    # older builds can still be driven (bisecting, before/after runs).
+    signal_event_direct: bool | None
 
     @property
     def sief_gpa(self) -> int | None:
@@ -50,7 +52,7 @@ class HostSynic:
                     sints=tuple(int(v) for v in entry["sint"]),
                     sief_mapped=bool(entry["sief-mapped"]),
                     sim_mapped=bool(entry["sim-mapped"]),
-                    signal_event_direct=bool(entry["signal-event-direct"]),
+                    signal_event_direct=entry.get("signal-event-direct"),
                 )
                 for entry in self.qmp.execute("x-query-synic")
             )
