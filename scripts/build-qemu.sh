@@ -274,7 +274,8 @@ cmd_mail() {
 # log per step (logs/check-series/): checkpatch on every patch; the tip built
 # with one accelerator left out each time, for x86_64-linux-user, and for one
 # non-x86 softmmu target (avr, the smallest: the QMP stubs are target-neutral);
-# the qtests that touch what the series changes; then a build at every commit
+# the qtests that touch what the series changes; QEMU's x86_64 system tests
+# under TCG (check-tcg), the series' bare-metal one among them; then a build at every commit
 # of the series (each patch must build on its own).
 cmd_check() {
     local logs variant build flag patch test
@@ -314,6 +315,8 @@ cmd_check() {
     done
     step "qtest avr qmp-cmd-test" "$logs/qtest-avr-qmp-cmd-test.log" \
         run_qtest "$TREE_ROOT/build-avr" qemu-system-avr qmp-cmd-test
+    step "check-tcg x86_64-softmmu (hyperv-signal among them)" "$logs/check-tcg.log" \
+        check_tcg "$TREE_ROOT/build"
     check_each_patch "$logs/each-patch.log"
 }
 
@@ -347,6 +350,14 @@ run_qtest() {
     done
     env -C "$build" QTEST_QEMU_BINARY="./$binary" QTEST_QEMU_IMG=/bin/false \
         timeout 1200 "./tests/qtest/$test"
+}
+
+# QEMU's system tests for x86_64 under TCG, with the native compiler, and
+# proof that the series' own one ran and passed.
+check_tcg() {
+    local build=$1
+    make -C "$build" run-tcg-tests-x86_64-softmmu &&
+        grep -H "PASS: 0 failure" "$build/tests/tcg/x86_64-softmmu/hyperv-signal.out"
 }
 
 # 0 errors from QEMU's own scripts/checkpatch.pl. Its one warning on this
