@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup host venv qemu image kvm-modules kvm-modules-smoke test test-kvm test-unit demo fuzz \
         bench-boot bench-signal \
-        qemu-dev qemu-export series-export check-series lint clean distclean
+        qemu-dev qemu-export series-export series-check-upstream check-series lint clean distclean
 
 help:
 	@echo "make demo         build everything needed, boot a guest, show what it does"
@@ -24,6 +24,7 @@ help:
 	@echo "make kvm-modules-smoke  load them in a TCG guest, run KVM's hyperv_features selftest (STOCK=1)"
 	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
 	@echo "make qemu-export  write ./qemu-dev's commits back to qemu-patches/"
+	@echo "make series-check-upstream QEMU_UPSTREAM=<qemu.git>  Fixes: ids from its history, apply and build there"
 	@echo "make series-export the series as mail (series-out/), signed off by you: see README"
 	@echo "make check-series QEMU's checks: checkpatch, --disable-kvm/tcg, linux-user, avr, qtests, every patch"
 	@echo "make lint         ruff over the Python code"
@@ -93,6 +94,12 @@ qemu-dev: setup
 
 qemu-export:
 	@bash scripts/build-qemu.sh export
+
+# Fixes: ids from an upstream tree's history, then the series applied to that
+# tree's HEAD and built there.
+series-check-upstream: setup
+	@PYTHON=$(abspath $(PY)) QEMU_UPSTREAM=$(QEMU_UPSTREAM) bash scripts/build-qemu.sh upstream-fixes
+	@PYTHON=$(abspath $(PY)) QEMU_SRC=$(QEMU_UPSTREAM) bash scripts/build-qemu.sh build
 
 series-export: setup
 	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh mail

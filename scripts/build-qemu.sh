@@ -5,6 +5,7 @@
 #   build-qemu.sh build    fetch, apply, configure, build; write qemu.json
 #   build-qemu.sh dev      a git worktree (./qemu-dev) with the series as commits
 #   build-qemu.sh export   write ./qemu-dev's commits back to qemu-patches/
+#   build-qemu.sh upstream-fixes  fill in the Fixes: ids from QEMU_UPSTREAM's history
 #   build-qemu.sh mail     the series as mail in series-out/, signed off by the sender
 #   build-qemu.sh check    what QEMU's CI would run: checkpatch, other builds, qtests, each patch
 #
@@ -230,6 +231,30 @@ cmd_export() {
     echo "qemu-export: $(series_patches | wc -l) patches written to $PATCH_DIR"
 }
 
+# With an upstream QEMU git tree (QEMU_UPSTREAM): turns each patch's
+#   Fixes: <first upstream commit with "CODE">
+# into "Fixes: <12-char id> ("subject")" naming the commit that introduced CODE
+# (git log -S), in qemu-patches/. The Debian tarball the series is made on has
+# no history to find them in.
+cmd_upstream_fixes() {
+    local patch code id found=0
+    [ -n "${QEMU_UPSTREAM:-}" ] || die "usage: make series-check-upstream QEMU_UPSTREAM=/path/to/qemu.git"
+    git -C "$QEMU_UPSTREAM" rev-parse -q --verify HEAD >/dev/null \
+        || die "QEMU_UPSTREAM=$QEMU_UPSTREAM is not a git tree"
+    for patch in $(series_patches); do
+        while IFS= read -r code; do
+            printf 'series-check-upstream: %s: the commit that added "%s" ... ' "$patch" "$code"
+            id=$(git -C "$QEMU_UPSTREAM" log -S"$code" --reverse --abbrev=12 --format='%h ("%s")' | sed -n 1p)
+            [ -n "$id" ] || { echo "not found"; die "no commit of $QEMU_UPSTREAM adds \"$code\""; }
+            echo "$id"
+            CODE=$code FIXES="Fixes: $id" perl -pi -e \
+                's/^Fixes: <first upstream commit with "\Q$ENV{CODE}\E">$/$ENV{FIXES}/' "$PATCH_DIR/$patch"
+            found=$((found + 1))
+        done < <(sed -n 's/^Fixes: <first upstream commit with "\(.*\)">$/\1/p' "$PATCH_DIR/$patch")
+    done
+    echo "series-check-upstream: $found Fixes: id(s) written to $PATCH_DIR"
+}
+
 # The series as mail, under the sender's own identity: every patch's author
 # and Signed-off-by are the sender's (this repository's git user.name and
 # user.email), which is what certifies the DCO. The series itself carries no
@@ -387,5 +412,6 @@ case ${1:-build} in
     export) cmd_export ;;
     check) cmd_check ;;
     mail) cmd_mail ;;
-    *) die "usage: $0 build|dev|export|check|mail" ;;
+    upstream-fixes) cmd_upstream_fixes ;;
+    *) die "usage: $0 build|dev|export|check|mail|upstream-fixes" ;;
 esac
