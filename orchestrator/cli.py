@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from orchestrator import bench_signal
-from orchestrator.accel import kvm_leg
+from orchestrator.accel import kvm_kind, kvm_leg
 from orchestrator.artifacts import cache_dir
 from orchestrator.bench import BootSample, measure_boot
 from orchestrator.command import VmOptions
@@ -54,7 +54,8 @@ def _options(args: argparse.Namespace) -> VmOptions:
 
 def _describe(vm: Vm) -> None:
     assert vm.accel and vm.qemu and vm.image
-    print(f"accelerator: {vm.accel}")
+    modules = f" ({kvm_kind()} KVM modules)" if vm.accel.is_kvm else ""
+    print(f"accelerator: {vm.accel}{modules}")
     print(
         f"qemu: {vm.qmp.version()} ({vm.qemu.binary}), base {vm.qemu.base}, "
         f"series {vm.qemu.series_length} patches ({vm.qemu.series_hash or '-'})"
@@ -148,7 +149,10 @@ def cmd_bench_signal(args: argparse.Namespace) -> int:
     with booted(args, "bench-signal", VmOptions.hyperv(cpus=2, memory_mb=args.memory)) as vm:
         _describe(vm)
         costs = bench_signal.measure(vm, args.calls, args.runs)
-    print(f"{args.calls} calls per run, median of {args.runs} runs, from vCPU 0 to VP 1:")
+    print(
+        f"{args.calls} calls per run, median of {args.runs} runs (newly set: median of "
+        f"single calls), from vCPU 0 to VP 1:"
+    )
     for line in bench_signal.report(costs):
         print(line)
     return 0
