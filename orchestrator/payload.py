@@ -164,6 +164,9 @@ def _make_ext4(root: Path, disk: Path, log: Path) -> None:
         raise HarnessError("mke2fs of the nested-KVM payload disk failed", log)
 
 
+KEPT_PAYLOADS = 3
+
+
 def ensure_payload(
     qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path], patched_kvm: bool = False
 ) -> Path:
@@ -174,7 +177,10 @@ def ensure_payload(
     disk = folder / f"payload-{inputs.key()}.ext4"
     if disk.is_file():
         return disk
-    for stale in folder.glob("payload-*.ext4"):
+    # Keep the newest few: stock and patched KVM legs, or an older QEMU for a
+    # before/after run, each have their own, and a run may hold one open.
+    kept = sorted(folder.glob("payload-*.ext4"), key=lambda path: path.stat().st_mtime)
+    for stale in kept[:-KEPT_PAYLOADS + 1]:
         stale.unlink(missing_ok=True)
     log = folder / "payload-build.log"
     with tempfile.TemporaryDirectory(prefix="hvsd-payload-", dir=folder) as tmp:
