@@ -269,6 +269,28 @@ def test_flag_base_plus_number_is_set_once_with_one_interrupt(
     assert clean.watch.snapshot().irqs == irqs_plus(before, port.vp)
 
 
+RACE_ROUNDS = 200
+
+
+@pytest.mark.parametrize("vp", [TARGET, OTHER], ids=["to-vp1", "to-vp0"])
+def test_racing_signals_on_one_port_flag_set_it_once_per_round(clean: Env, vp: int) -> None:
+    """Both vCPUs signal the same connection at once (a barrier in the probe
+    module releases them), one of them the port's own VP. SignalEvent has no
+    output, so the count is of effects: the flag set after every round, and
+    exactly one interrupt per round, none lost and none doubled."""
+    port = clean.vm.ports.create(Port(0x13, vp, SINT, base_flag=40, flag_count=4))
+    clean.vm.ports.connect(CONN, port.port_id)
+    result = clean.probe.race(
+        event_call(CONN, 2), cpus=CPUS, target=vp, sint=SINT, flag=port.bit(2),
+        vector=VECTOR, rounds=RACE_ROUNDS,
+    )  # fmt: skip
+    assert (result.errors, result.first_error) == (0, 0), result
+    assert result.calls == 2 * RACE_ROUNDS
+    assert (result.irqs, result.irq_timeouts) == (RACE_ROUNDS, 0), result
+    assert result.flag_missing == 0, result
+    assert flags_on(clean, vp) == set()
+
+
 def test_polling_sint_gets_the_flag_without_an_interrupt(clean: Env) -> None:
     clean.vm.ports.create(PORT)
     clean.vm.ports.connect(CONN, PORT.port_id)

@@ -180,7 +180,7 @@ def ensure_payload(
     # Keep the newest few: stock and patched KVM legs, or an older QEMU for a
     # before/after run, each have their own, and a run may hold one open.
     kept = sorted(folder.glob("payload-*.ext4"), key=lambda path: path.stat().st_mtime)
-    for stale in kept[:-KEPT_PAYLOADS + 1]:
+    for stale in kept[: -KEPT_PAYLOADS + 1]:
         stale.unlink(missing_ok=True)
     log = folder / "payload-build.log"
     with tempfile.TemporaryDirectory(prefix="hvsd-payload-", dir=folder) as tmp:

@@ -298,6 +298,25 @@ class HypercallArgs:
         return args
 
 
+@dataclass(frozen=True)
+class RaceResult:
+    """What `hvprobe race` saw: several CPUs making one memory-form call at
+    once, released together by a barrier in the module, round after round."""
+
+    calls: int
+    newly: int  # answers with NewlySignaled = 1
+    bad_rounds: int  # rounds without exactly one of those (newly_output)
+    errors: int  # answers other than SUCCESS, or faults
+    first_error: int  # its status, or 0x10000 + the exception vector
+    flag_missing: int  # rounds after which the target's flag was clear
+    irqs: int  # interrupts on the vector at the target meanwhile
+    irq_timeouts: int  # rounds whose interrupt did not arrive in time
+
+
+def _race(d: dict[str, Any]) -> RaceResult:
+    return RaceResult(**{name: int(d[name]) for name in RaceResult.__dataclass_fields__})
+
+
 class Probe:
     """The probe in one guest; each method is one `hvprobe` call over SSH."""
 
@@ -459,6 +478,31 @@ class Probe:
 
     def hypercall_with(self, args: HypercallArgs) -> HypercallResult:
         return self._parsed(_hypercall, "hypercall", *args.argv())
+
+    def race(
+        self,
+        args: HypercallArgs,
+        cpus: Sequence[int],
+        target: int,
+        sint: int,
+        flag: int,
+        vector: int,
+        rounds: int,
+        newly_output: bool = False,
+    ) -> RaceResult:
+        """`args`' call (memory form) made by every CPU of `cpus` at once,
+        `rounds` times; between rounds the module waits for the interrupt on
+        `vector` at `target`, checks flag `flag` of its SIEF slot `sint`, and
+        clears it. With `newly_output` the call writes NewlySignaled, and a
+        round without exactly one NewlySignaled=1 is a bad round."""
+        argv = [
+            "--cpus", ",".join(str(cpu) for cpu in cpus), "--cpu", target, "--sint", sint,
+            "--flag", flag, "--vector", vector, "--control", hex(args.control),
+            "--insn", args.insn, "--rounds", rounds,
+        ]  # fmt: skip
+        if args.input:
+            argv += ["--input", args.input.hex()]
+        return self._parsed(_race, "race", *argv, *_flag("--newly-output", newly_output))
 
     def sief(self, cpu: int, sint: int, clear: bool = False) -> bytes:
         """The 256 bytes of SIEF slot `sint` on `cpu` (zeroed after reading with clear)."""

@@ -52,7 +52,9 @@ static const char *const usage_text =
 	"  ipi [--from N] [--cpu N] --vector V\n"
 	"  pages [--cpu N]\n"
 	"  outl [--cpu N] PORT VALUE\n"
-	"  inl [--cpu N] PORT\n";
+	"  inl [--cpu N] PORT\n"
+	"  race --cpus N,N... --cpu TARGET --sint S --flag F --vector V --control C\n"
+	"       [--input HEX] [--insn vmcall|vmmcall|page|native] [--rounds N] [--newly-output]\n";
 
 /* Output. */
 
@@ -190,6 +192,8 @@ struct opts {
 	bool has_raw, has_control, has_in_gpa, has_out_gpa;
 	uint64_t raw, control, in_gpa, out_gpa;
 	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
+	uint32_t cpus, rounds, flag;
+	bool has_cpus, has_flag, newly_output;
 	uint8_t input[HVPROBE_IO_MAX];
 	int input_len;
 	uint8_t xmm[HVPROBE_XMM_REGS][HVPROBE_XMM_BYTES];
@@ -204,7 +208,8 @@ enum {
 	OPT_POLLING, OPT_CLEAR, OPT_FAST, OPT_USER, OPT_NO_SCONTROL, OPT_NO_SIEF,
 	OPT_NO_SIM, OPT_RAW, OPT_CONTROL, OPT_IN_GPA, OPT_OUT_GPA, OPT_IN_OFFSET,
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
-	OPT_REPEAT, OPT_IN_SERVICE,
+	OPT_REPEAT, OPT_IN_SERVICE, OPT_CPUS, OPT_ROUNDS, OPT_FLAG,
+	OPT_NEWLY_OUTPUT,
 };
 
 static const struct option long_options[] = {
@@ -234,6 +239,10 @@ static const struct option long_options[] = {
 	{ "xmm", required_argument, NULL, OPT_XMM },
 	{ "repeat", required_argument, NULL, OPT_REPEAT },
 	{ "in-service", no_argument, NULL, OPT_IN_SERVICE },
+	{ "cpus", required_argument, NULL, OPT_CPUS },
+	{ "rounds", required_argument, NULL, OPT_ROUNDS },
+	{ "flag", required_argument, NULL, OPT_FLAG },
+	{ "newly-output", no_argument, NULL, OPT_NEWLY_OUTPUT },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -271,6 +280,24 @@ static bool parse_insn(const char *text, uint32_t *insn)
 		}
 	}
 	return false;
+}
+
+/* "0,1,3": a CPU mask, of CPUs below 32 */
+static bool parse_cpu_list(const char *text, uint32_t *mask)
+{
+	char buf[128], *item, *save = NULL;
+	uint32_t cpu;
+
+	if (strlen(text) >= sizeof(buf))
+		return false;
+	strcpy(buf, text);
+	*mask = 0;
+	for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		if (!parse_u32(item, 31, &cpu))
+			return false;
+		*mask |= 1U << cpu;
+	}
+	return *mask != 0;
 }
 
 static bool parse_xmm(struct opts *o, const char *text)
@@ -332,6 +359,14 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 		return parse_u32(arg, HVPROBE_REPEAT_MAX, &o->repeat) && o->repeat > 0;
 	case OPT_INSN:
 		return parse_insn(arg, &o->insn);
+	case OPT_NEWLY_OUTPUT:
+		return (o->newly_output = true);
+	case OPT_CPUS:
+		return (o->has_cpus = parse_cpu_list(arg, &o->cpus));
+	case OPT_ROUNDS:
+		return parse_u32(arg, HVPROBE_RACE_ROUNDS_MAX, &o->rounds) && o->rounds > 0;
+	case OPT_FLAG:
+		return (o->has_flag = parse_u32(arg, SIEF_FLAGS_PER_SLOT - 1, &o->flag));
 	case OPT_INPUT:
 		o->input_len = parse_hex(arg, o->input, HVPROBE_IO_MAX);
 		return o->input_len >= 0;
@@ -351,6 +386,7 @@ static int parse_options(int argc, char **argv, struct opts *o)
 	o->out_offset = HVPROBE_BUF_BYTES / 2;
 	o->out_len = 64;
 	o->out_fill = 0xaa;
+	o->rounds = 100;
 	opterr = 0;
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "", long_options, &index)) != -1) {
@@ -1003,6 +1039,36 @@ static int cmd_inl(struct opts *o)
 	return cmd_port(o, false);
 }
 
+static int cmd_race(struct opts *o)
+{
+	struct hvprobe_race r;
+	int rc;
+
+	if (!o->has_cpus || !o->has_cpu || !o->has_sint || !o->has_flag || !o->has_vector ||
+	    !o->has_control)
+		return usage_error("race needs --cpus, --cpu, --sint, --flag, --vector and --control");
+	memset(&r, 0, sizeof(r));
+	r.cpus = o->cpus;
+	r.rounds = o->rounds;
+	r.target_cpu = o->cpu;
+	r.sint = o->sint;
+	r.flag = o->flag;
+	r.vector = o->vector;
+	r.insn = o->insn;
+	r.control = o->control;
+	r.flags = o->newly_output ? HVPROBE_RACE_NEWLY_OUTPUT : 0;
+	r.in_len = o->input_len;
+	memcpy(r.input, o->input, o->input_len);
+	rc = call(HVPROBE_IOC_RACE, &r, "race");
+	if (rc)
+		return rc;
+	printf("{\"calls\": %u, \"newly\": %u, \"bad_rounds\": %u, \"errors\": %u, "
+	       "\"first_error\": %u, \"flag_missing\": %u, \"irqs\": %u, \"irq_timeouts\": %u}\n",
+	       r.calls, r.newly, r.bad_rounds, r.errors, r.first_error, r.flag_missing, r.irqs,
+	       r.irq_timeouts);
+	return 0;
+}
+
 /* Dispatch. */
 
 struct command {
@@ -1026,6 +1092,7 @@ static const struct command commands[] = {
 	{ "pages", cmd_pages },
 	{ "outl", cmd_outl },
 	{ "inl", cmd_inl },
+	{ "race", cmd_race },
 };
 
 int main(int argc, char **argv)

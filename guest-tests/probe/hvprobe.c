@@ -16,11 +16,16 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/atomic.h>
+#include <linux/completion.h>
 #include <linux/cpu.h>
 #include <linux/cpumask.h>
+#include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/kprobes.h>
+#include <linux/kthread.h>
+#include <linux/ktime.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
@@ -495,16 +500,21 @@ struct hvprobe_hcall_job {
 	int trap;
 };
 
+static int hvprobe_issue_insn(u32 insn, struct hvprobe_regs *regs, void *page)
+{
+	switch (insn) {
+	case HVPROBE_INSN_VMCALL:
+		return hvprobe_vmcall(regs);
+	case HVPROBE_INSN_VMMCALL:
+		return hvprobe_vmmcall(regs);
+	default:
+		return hvprobe_page_call(regs, page);
+	}
+}
+
 static int hvprobe_issue(struct hvprobe_hcall_job *job)
 {
-	switch (job->hc->insn) {
-	case HVPROBE_INSN_VMCALL:
-		return hvprobe_vmcall(&job->regs);
-	case HVPROBE_INSN_VMMCALL:
-		return hvprobe_vmmcall(&job->regs);
-	default:
-		return hvprobe_page_call(&job->regs, job->page);
-	}
+	return hvprobe_issue_insn(job->hc->insn, &job->regs, job->page);
 }
 
 /*
@@ -635,6 +645,201 @@ static int hvprobe_hypercall(struct hvprobe_hypercall *hc)
 	return err;
 }
 
+/* Races: several CPUs making the same call at once. */
+
+#define HVPROBE_RACE_OUT_OFFSET	2048	/* in the same page as the input */
+#define HVPROBE_RACE_IRQ_WAIT_NS	(200 * NSEC_PER_MSEC)
+
+struct hvprobe_race_run {
+	struct hvprobe_race *r;
+	void *page;
+	u8 *slot;			/* the target's SIEF slot */
+	atomic_t arrived;
+	atomic_t generation;
+	unsigned int parties;
+	u32 cpu[HVPROBE_RACE_CPUS];
+	u32 newly[HVPROBE_RACE_CPUS];	/* this round's answers */
+	u32 status[HVPROBE_RACE_CPUS];	/* and statuses (0x10000 + vector: a fault) */
+	u64 irq_base;
+	u32 rounds_signalled;		/* rounds in which a call newly set the flag */
+	struct completion done[HVPROBE_RACE_CPUS];
+};
+
+/* All parties arrive before any leaves; spins, with interrupts enabled. */
+static void hvprobe_race_barrier(struct hvprobe_race_run *run)
+{
+	int generation = atomic_read(&run->generation);
+
+	if (atomic_inc_return(&run->arrived) == run->parties) {
+		atomic_set(&run->arrived, 0);
+		atomic_inc(&run->generation);
+		return;
+	}
+	while (atomic_read(&run->generation) == generation)
+		cpu_relax();
+}
+
+static u64 hvprobe_race_irqs(struct hvprobe_race_run *run)
+{
+	return READ_ONCE(per_cpu(hvprobe_irq_counts, run->r->target_cpu)[run->r->vector]);
+}
+
+/*
+ * The first party, between rounds: the round's answers, then the flag, which
+ * is cleared for the next round; when it was set, the interrupt due for it.
+ */
+static void hvprobe_race_settle(struct hvprobe_race_run *run)
+{
+	struct hvprobe_race *r = run->r;
+	u32 i, newly = 0;
+	u64 deadline;
+
+	for (i = 0; i < run->parties; i++) {
+		newly += run->newly[i];
+		if (run->status[i] && !r->errors++)
+			r->first_error = run->status[i];
+	}
+	r->newly += newly;
+	if ((r->flags & HVPROBE_RACE_NEWLY_OUTPUT) && newly != 1)
+		r->bad_rounds++;
+	if (!test_and_clear_bit(r->flag, (unsigned long *)run->slot)) {
+		r->flag_missing++;
+		return;
+	}
+	run->rounds_signalled++;
+	deadline = ktime_get_ns() + HVPROBE_RACE_IRQ_WAIT_NS;
+	while (hvprobe_race_irqs(run) - run->irq_base < run->rounds_signalled) {
+		if (ktime_get_ns() > deadline) {
+			r->irq_timeouts++;
+			break;
+		}
+		usleep_range(5, 20);
+	}
+}
+
+struct hvprobe_race_party {
+	struct hvprobe_race_run *run;
+	unsigned int index;
+};
+
+static int hvprobe_race_fn(void *arg)
+{
+	struct hvprobe_race_party *party = arg;
+	struct hvprobe_race_run *run = party->run;
+	struct hvprobe_race *r = run->r;
+	unsigned int i = party->index, round;
+	struct hvprobe_cpu *pc = &hvprobe_cpus[run->cpu[i]];
+	u8 *buf = page_address(pc->buffer);
+	u64 gpa = page_to_phys(pc->buffer);
+	struct hvprobe_regs regs;
+	int trap;
+
+	memset(buf, 0, HVPROBE_PAGE_BYTES);
+	memcpy(buf, r->input, r->in_len);
+	for (round = 0; round < r->rounds; round++) {
+		buf[HVPROBE_RACE_OUT_OFFSET] = 0;
+		regs = (struct hvprobe_regs) {
+			.rcx = r->control,
+			.rdx = gpa,
+			.r8 = gpa + HVPROBE_RACE_OUT_OFFSET,
+		};
+		hvprobe_race_barrier(run);
+		trap = hvprobe_issue_insn(r->insn, &regs, run->page);
+		run->status[i] = trap >= 0 ? 0x10000 + trap : regs.rax & 0xffff;
+		run->newly[i] = !run->status[i] && buf[HVPROBE_RACE_OUT_OFFSET] == 1;
+		hvprobe_race_barrier(run);
+		if (i == 0)
+			hvprobe_race_settle(run);
+		hvprobe_race_barrier(run);
+	}
+	complete(&run->done[i]);
+	return 0;
+}
+
+static int hvprobe_race_check(const struct hvprobe_race *r, struct hvprobe_race_run *run)
+{
+	u32 cpu;
+
+	if (!r->rounds || r->rounds > HVPROBE_RACE_ROUNDS_MAX || r->in_len > HVPROBE_IO_MAX ||
+	    r->in_len > HVPROBE_RACE_OUT_OFFSET || r->sint >= HVPROBE_SINTS ||
+	    r->flag >= HVPROBE_SLOT_BYTES * 8 || r->vector >= HVPROBE_VECTORS ||
+	    r->insn > HVPROBE_INSN_PAGE || r->flags & ~HVPROBE_RACE_NEWLY_OUTPUT || !r->cpus ||
+	    hvprobe_check_cpu(r->target_cpu))
+		return -EINVAL;
+	for (cpu = 0; cpu < 32; cpu++) {
+		if (!(r->cpus & BIT(cpu)))
+			continue;
+		if (run->parties == HVPROBE_RACE_CPUS || hvprobe_check_cpu(cpu))
+			return -EINVAL;
+		run->cpu[run->parties++] = cpu;
+	}
+	return 0;
+}
+
+static int hvprobe_race(struct hvprobe_race *r)
+{
+	struct hvprobe_race_party party[HVPROBE_RACE_CPUS];
+	struct hvprobe_race_run *run;
+	struct task_struct *task;
+	unsigned int i, locked = 0;
+	u32 locks = r->cpus | BIT(r->target_cpu);
+	int err;
+
+	run = kzalloc(sizeof(*run), GFP_KERNEL);
+	if (!run)
+		return -ENOMEM;
+	run->r = r;
+	err = hvprobe_race_check(r, run);
+	if (err)
+		goto out_free;
+	run->page = READ_ONCE(hv_hypercall_pg);
+	if (r->insn == HVPROBE_INSN_PAGE && !run->page) {
+		err = -ENODEV;
+		goto out_free;
+	}
+	r->calls = r->newly = r->bad_rounds = r->errors = r->first_error = 0;
+	r->flag_missing = r->irqs = r->irq_timeouts = 0;
+	/* The buffers of the calling CPUs and the target's SIEF page, in CPU order */
+	for (i = 0; i < 32; i++)
+		if (locks & BIT(i))
+			mutex_lock(&hvprobe_cpus[i].lock);
+	locked = 1;
+	if (!hvprobe_cpus[r->target_cpu].sief) {
+		err = -ENXIO;
+		goto out_unlock;
+	}
+	run->slot = hvprobe_cpus[r->target_cpu].sief + r->sint * HVPROBE_SLOT_BYTES;
+	clear_bit(r->flag, (unsigned long *)run->slot);
+	run->irq_base = hvprobe_race_irqs(run);
+	for (i = 0; i < run->parties; i++) {
+		init_completion(&run->done[i]);
+		party[i] = (struct hvprobe_race_party) { .run = run, .index = i };
+	}
+	for (i = 0; i < run->parties; i++) {
+		task = kthread_create_on_cpu(hvprobe_race_fn, &party[i], run->cpu[i],
+					     "hvprobe-race/%u");
+		if (IS_ERR(task)) {
+			/* Those started wait at the first barrier for ever: not recoverable */
+			err = PTR_ERR(task);
+			WARN_ON(i);
+			goto out_unlock;
+		}
+		wake_up_process(task);
+	}
+	for (i = 0; i < run->parties; i++)
+		wait_for_completion(&run->done[i]);
+	r->calls = r->rounds * run->parties;
+	r->irqs = hvprobe_race_irqs(run) - run->irq_base;
+out_unlock:
+	if (locked)
+		for (i = 0; i < 32; i++)
+			if (locks & BIT(i))
+				mutex_unlock(&hvprobe_cpus[i].lock);
+out_free:
+	kfree(run);
+	return err;
+}
+
 static void hvprobe_info(struct hvprobe_info *info)
 {
 	unsigned int cpu;
@@ -664,6 +869,7 @@ union hvprobe_args {
 	struct hvprobe_ipi ipi;
 	struct hvprobe_hypercall hypercall;
 	struct hvprobe_port port;
+	struct hvprobe_race race;
 };
 
 static int hvprobe_dispatch(unsigned int cmd, union hvprobe_args *a)
@@ -696,6 +902,8 @@ static int hvprobe_dispatch(unsigned int cmd, union hvprobe_args *a)
 		return hvprobe_hypercall(&a->hypercall);
 	case HVPROBE_IOC_PORT:
 		return hvprobe_port(&a->port);
+	case HVPROBE_IOC_RACE:
+		return hvprobe_race(&a->race);
 	default:
 		return -ENOTTY;
 	}

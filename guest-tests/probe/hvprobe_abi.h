@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HVPROBE_ABI_VERSION	3
+#define HVPROBE_ABI_VERSION	4
 #define HVPROBE_DEVICE		"/dev/hvprobe"
 
 #define HVPROBE_PAGE_BYTES	4096
@@ -189,6 +189,41 @@ struct hvprobe_hypercall {
 	__u8 output[HVPROBE_IO_MAX];
 };
 
+/*
+ * A race: the CPUs in @cpus make the same memory-form call (@control, @input)
+ * at once, released together by a barrier, @rounds times. After each round
+ * the first of them checks that flag @flag of SINT @sint is set in
+ * @target_cpu's SIEF page and clears it for the next round, and, when it was
+ * set, waits for the one interrupt on @vector at @target_cpu that is due.
+ */
+#define HVPROBE_RACE_CPUS	8
+#define HVPROBE_RACE_ROUNDS_MAX	5000
+/* The call writes NewlySignaled (a byte) at its output: one per round is due */
+#define HVPROBE_RACE_NEWLY_OUTPUT	(1U << 0)
+
+struct hvprobe_race {
+	__u32 cpus;			/* in: bit n = CPU n calls; at most HVPROBE_RACE_CPUS */
+	__u32 rounds;			/* in: 1..HVPROBE_RACE_ROUNDS_MAX */
+	__u32 target_cpu;		/* in: whose SIEF slot holds the flag */
+	__u32 sint;			/* in */
+	__u32 flag;			/* in: bit number within the slot */
+	__u32 vector;			/* in: counted on target_cpu */
+	__u32 insn;			/* in: HVPROBE_INSN_* */
+	__u32 in_len;			/* in: <= HVPROBE_IO_MAX */
+	__u32 flags;			/* in: HVPROBE_RACE_* */
+	__u32 pad;
+	__u64 control;			/* in: RCX, memory form */
+	__u8 input[HVPROBE_IO_MAX];	/* in */
+	__u32 calls;			/* out: calls made */
+	__u32 newly;			/* out: answers with NewlySignaled = 1 */
+	__u32 bad_rounds;		/* out: rounds without exactly one of those (NEWLY_OUTPUT) */
+	__u32 errors;			/* out: answers other than SUCCESS, or faults */
+	__u32 first_error;		/* out: the status (or 0x10000 + vector) of the first */
+	__u32 flag_missing;		/* out: rounds after which the flag was clear */
+	__u32 irqs;			/* out: interrupts on vector at target_cpu meanwhile */
+	__u32 irq_timeouts;		/* out: rounds whose interrupt did not come in time */
+};
+
 #define HVPROBE_IOC_MAGIC	0xb7
 
 #define HVPROBE_IOC_INFO	_IOR(HVPROBE_IOC_MAGIC, 0x00, struct hvprobe_info)
@@ -204,5 +239,6 @@ struct hvprobe_hypercall {
 #define HVPROBE_IOC_IPI		_IOW(HVPROBE_IOC_MAGIC, 0x0a, struct hvprobe_ipi)
 #define HVPROBE_IOC_HYPERCALL	_IOWR(HVPROBE_IOC_MAGIC, 0x0b, struct hvprobe_hypercall)
 #define HVPROBE_IOC_PORT	_IOWR(HVPROBE_IOC_MAGIC, 0x0c, struct hvprobe_port)
+#define HVPROBE_IOC_RACE	_IOWR(HVPROBE_IOC_MAGIC, 0x0d, struct hvprobe_race)
 
 #endif /* HVPROBE_ABI_H */
