@@ -109,16 +109,6 @@ def test_vp_index_is_the_vcpu_index_and_read_only(probe: Probe, cpus: range) -> 
     assert probe.rdmsr(VP_INDEX, cpu=1).value == 1
 
 
-def test_synic_msrs_hold_their_reset_values(probe: Probe, cpus: range) -> None:
-    for cpu in cpus:
-        assert probe.rdmsr(SVERSION, cpu=cpu).value == 1
-        for msr in (SCONTROL, SIEFP, SIMP):
-            reading = probe.rdmsr(msr, cpu=cpu)
-            assert (reading.gp, reading.value) == (False, 0), f"MSR {msr:#x} on cpu {cpu}"
-        for sint in range(16):
-            assert probe.rdmsr(SINT0 + sint, cpu=cpu).value == SINT_MASKED
-
-
 def instructions(accel: Accel) -> tuple[Insn, ...]:
     """The hypercall instructions to try: both under TCG, where QEMU decodes
     both; under KVM the CPU vendor's own, since KVM emulates the other from
@@ -203,9 +193,21 @@ def test_the_hypercall_page_issues_the_call_too(probe: Probe) -> None:
     assert (result.ud, result.status) == (False, INVALID_HYPERCALL_CODE)
 
 
+def assert_synic_msrs_at_reset_values(probe: Probe, cpus: range) -> None:
+    for cpu in cpus:
+        assert probe.rdmsr(SVERSION, cpu=cpu).value == 1
+        for msr in (SCONTROL, SIEFP, SIMP):
+            reading = probe.rdmsr(msr, cpu=cpu)
+            assert (reading.gp, reading.value) == (False, 0), f"MSR {msr:#x} on cpu {cpu}"
+        assert [probe.rdmsr(SINT0 + s, cpu=cpu).value for s in range(16)] == [SINT_MASKED] * 16
+
+
 @pytest.mark.hyperv
 def test_system_reset_puts_the_synic_msrs_back(fresh_vm: Vm) -> None:
+    """The values at power-on, on a VM no earlier test touched, then the same
+    values again after the guest set them and the VM was reset."""
     probe = Probe(fresh_vm.guest)
+    assert_synic_msrs_at_reset_values(probe, range(fresh_vm.options.cpus))
     state = probe.synic_setup(1)
     assert not state.faults
     probe.sint(1, 5, 0xE5)
@@ -216,10 +218,7 @@ def test_system_reset_puts_the_synic_msrs_back(fresh_vm: Vm) -> None:
     fresh_vm.reboot()
 
     probe = Probe(fresh_vm.guest)
-    for cpu in range(fresh_vm.options.cpus):
-        for msr in (SCONTROL, SIEFP, SIMP):
-            assert probe.rdmsr(msr, cpu=cpu).value == 0, f"MSR {msr:#x} on cpu {cpu}"
-        assert [probe.rdmsr(SINT0 + s, cpu=cpu).value for s in range(16)] == [SINT_MASKED] * 16
+    assert_synic_msrs_at_reset_values(probe, range(fresh_vm.options.cpus))
     # The host agrees: every SINT masked, nothing enabled, no overlay mapped.
     for vp, info in fresh_vm.synic.state().items():
         assert (info.scontrol, info.siefp, info.simp) == (0, 0, 0), vp

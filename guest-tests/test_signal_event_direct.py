@@ -263,20 +263,23 @@ def test_auto_eoi_sint_is_delivered_and_does_not_block_the_next(clean: SiefWatch
 @pytest.mark.direct_in_qemu
 def test_every_sint_gets_its_flag_and_its_vector(clean: SiefWatch) -> None:
     probe = clean.probe
-    for sint in range(16):
-        vector = 0xD0 + sint
-        flag = (sint * 131) % 2048
-        probe.sint(TARGET, sint, vector)
-        try:
-            before = probe.irqs(TARGET, vector)
-            result = probe.hypercall_with(call(input=direct_input(sint=sint, flag=flag)))
-            assert newly_signaled(result) == 1, f"SINT{sint}"
-            assert slot_flags(probe.sief(TARGET, sint, clear=True)) == {flag}
-            assert probe.irqs(TARGET, vector) == before + 1, f"SINT{sint}"
-        finally:
-            if sint != SINT:
-                probe.sint(TARGET, sint, vector, masked=True)
-    probe.sint(TARGET, SINT, VECTOR)
+    try:
+        for sint in range(16):
+            vector = 0xD0 + sint
+            flag = (sint * 131) % 2048
+            probe.sint(TARGET, sint, vector)
+            try:
+                before = probe.irqs(TARGET, vector)
+                result = probe.hypercall_with(call(input=direct_input(sint=sint, flag=flag)))
+                assert newly_signaled(result) == 1, f"SINT{sint}"
+                assert slot_flags(probe.sief(TARGET, sint, clear=True)) == {flag}
+                assert probe.irqs(TARGET, vector) == before + 1, f"SINT{sint}"
+            finally:
+                if sint != SINT:
+                    probe.sint(TARGET, sint, vector, masked=True)
+    finally:
+        # SINT is the module's: its vector back whatever failed above
+        probe.sint(TARGET, SINT, VECTOR)
 
 
 @pytest.mark.direct_in_qemu
