@@ -313,16 +313,16 @@ RACE_ROUNDS = 200
 
 
 @pytest.mark.direct_in_qemu
-@pytest.mark.parametrize("target", [TARGET, OTHER], ids=["to-vp1", "to-vp0"])
-def test_racing_callers_see_newly_signaled_exactly_once(clean: SiefWatch, target: int) -> None:
+@pytest.mark.parametrize("to_vp", [TARGET, OTHER], ids=["to-vp1", "to-vp0"])
+def test_racing_callers_see_newly_signaled_exactly_once(clean: SiefWatch, to_vp: int) -> None:
     """Both vCPUs call at once, released together by a barrier in the probe
     module, one of them signalling itself: in every round exactly one of them
     is told NewlySignaled=1, the flag is set, and the target takes exactly one
     interrupt. A non-atomic test-and-set in QEMU gives two NewlySignaled in a
     round; a lost or doubled assertion shows in the interrupt count."""
-    args = direct_call(target, SINT, 33, cpu=OTHER)
+    args = direct_call(to_vp, SINT, 33, cpu=OTHER)
     result = clean.probe.race(
-        args, cpus=(TARGET, OTHER), target=target, sint=SINT, flag=33, vector=VECTOR,
+        args, cpus=(TARGET, OTHER), target=to_vp, sint=SINT, flag=33, vector=VECTOR,
         rounds=RACE_ROUNDS, newly_output=True,
     )  # fmt: skip
     assert (result.errors, result.first_error) == (0, 0), result
@@ -330,7 +330,7 @@ def test_racing_callers_see_newly_signaled_exactly_once(clean: SiefWatch, target
     assert (result.newly, result.bad_rounds) == (RACE_ROUNDS, 0), result
     assert (result.irqs, result.irq_timeouts) == (RACE_ROUNDS, 0), result
     assert result.flag_missing == 0, result
-    assert clean.probe.sief(target, SINT) == bytes(256), "the module cleared the flag last"
+    assert clean.probe.sief(to_vp, SINT) == bytes(256), "the module cleared the flag last"
 
 
 # --- the same call on every accelerator: QEMU's answer, or a stock KVM's ---
