@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -168,6 +169,88 @@ def test_error_row(
         assert result.output == output_as_laid_out(args), "output written on error"
 
 
+# --- two rules broken at once: the row checked first decides ---
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One way to break one row's rule, made to combine with another."""
+
+    row_id: str
+    control_bits: int = 0
+    fast: bool = False
+    in_offset: int | None = None
+    fields: tuple[tuple[str, int], ...] = ()  # direct_input() keywords
+    state: State = unchanged
+
+
+# One fault per row the session guest can break, in the contract's order.
+FAULTS = (
+    Fault("C1", control_bits=1 << 32),
+    Fault("C3", in_offset=4),
+    Fault("C4", fast=True),
+    Fault("D1", fields=(("partition", 1),)),
+    Fault("D2", fields=(("vtl", 1),)),
+    Fault("D3", fields=(("sint", 16),)),
+    Fault("D4", fields=(("flag", 2048),)),
+    Fault("D5", fields=(("vp", 2),)),
+    Fault("D6", state=msr_set(SINT0 + SINT, 1 << 16 | VECTOR)),
+)
+NO_FAULT = Fault("")
+# A fast call has no buffers to misalign.
+INCOMPATIBLE = {("C3", "C4")}
+FAULT_PAIRS = [
+    (first, second)
+    for i, first in enumerate(FAULTS)
+    for second in FAULTS[i + 1 :]
+    if (first.row_id, second.row_id) not in INCOMPATIBLE
+]
+
+
+def both(first: Fault, second: Fault) -> tuple[HypercallArgs, State]:
+    fast = first.fast or second.fast
+    fields = dict(first.fields + second.fields)
+    control = CALL | first.control_bits | second.control_bits | (FAST if fast else 0)
+    payload = direct_input(**fields)
+    in_offset = first.in_offset if first.in_offset is not None else second.in_offset
+    args = call(control=control, fast=fast, input=payload[:16] if fast else payload)
+    if in_offset is not None:
+        args = replace(args, in_offset=in_offset)
+
+    @contextmanager
+    def around(probe: Probe) -> Iterator[None]:
+        with first.state(probe), second.state(probe):
+            yield
+
+    return args, around
+
+
+def test_the_contract_orders_every_pair_this_table_breaks() -> None:
+    order = [r.id for r in ROWS]
+    for first, second in FAULT_PAIRS:
+        assert order.index(first.row_id) < order.index(second.row_id)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [pytest.param(a, b, id=f"{a.row_id}+{b.row_id}") for a, b in FAULT_PAIRS],
+)
+def test_two_broken_rules_answer_the_first(
+    clean: SiefWatch, accel: Accel, first: Fault, second: Fault
+) -> None:
+    args, state = both(first, second)
+    expected = expected_direct_status(accel, row(first.row_id, ROWS).status, args.control)
+    before = clean.snapshot()
+    with state(clean.probe):
+        result = clean.probe.hypercall_with(args)
+    assert (result.ud, result.status) == (False, expected), (
+        f"{first.row_id}+{second.row_id}: got {result.status!r}, rax {result.rax!r}"
+    )
+    assert clean.snapshot() == before, "an error changed the SynIC"
+    if result.output:
+        assert result.output == output_as_laid_out(args), "output written on error"
+
+
 @pytest.mark.kvm_leg  # C2 under KVM: the privilege comes from the guest's CPUID
 @pytest.mark.hyperv
 @pytest.mark.vm_options(cpu=HYPERV_CPU + ",x-hv-signal-events=off")
@@ -191,6 +274,16 @@ def test_error_row_c2_without_the_signal_events_privilege(fresh_vm: Vm, accel: A
     assert probe.hypercall_with(call(control=malformed)).status == expected_direct_status(
         accel, row("C1", ROWS).status, malformed
     )
+    # C2 comes before every rule after it: each broken along with C2 still
+    # answers ACCESS_DENIED, and changes nothing.
+    for later in FAULTS[1:]:
+        args, state = both(later, NO_FAULT)
+        with state(probe):
+            status = probe.hypercall_with(args).status
+        assert status == expected_direct_status(accel, row("C2", ROWS).status, args.control), (
+            f"C2+{later.row_id}: got {status!r}"
+        )
+    assert synic.snapshot() == before
 
 
 def test_every_row_with_a_guest_test_has_cases_here() -> None:
