@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -228,6 +228,85 @@ def test_every_signal_event_row_has_cases_here() -> None:
     wanted = {r.id for r in ROWS if r.call == "SignalEvent" and r.has_guest_test}
     assert wanted == {f"E{n}" for n in range(1, 8)}
     assert wanted <= covered
+
+
+# --- two rules broken at once: the row checked first decides ---
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One way to break one row's rule, made to combine with another."""
+
+    row_id: str
+    control_bits: int = 0
+    in_offset: int | None = None
+    connection_bits: int = 0  # OR'ed into the connection id
+    unconnected: bool = False  # signal an id no connection has
+    flag_beyond_count: bool = False
+    port: dict[str, object] = field(default_factory=dict)  # Port changes
+    around: Arrange = nothing
+
+
+# One fault per row a call can break here (C2 needs a VM of its own, C4 is
+# for calls with output), in the contract's order.
+FAULTS = (
+    Fault("C1", control_bits=1 << 32),
+    Fault("C3", in_offset=4),
+    Fault("E1", connection_bits=1 << 24),
+    Fault("E2", unconnected=True),
+    Fault("E3", port={"type": "message"}),
+    Fault("E4", flag_beyond_count=True),
+    Fault("E5", port={"vp": 2}),
+    Fault("E6", around=target_msr(Msr.SINT0 + SINT, SINT_MASKED | VECTOR)),
+)
+# E6 is the state of the port's VP, which E5 makes one that does not exist.
+INCOMPATIBLE = {("E5", "E6")}
+FAULT_PAIRS = [
+    (first, second)
+    for i, first in enumerate(FAULTS)
+    for second in FAULTS[i + 1 :]
+    if (first.row_id, second.row_id) not in INCOMPATIBLE
+]
+
+
+def both(first: Fault, second: Fault) -> tuple[Arrange, HypercallArgs, Arrange]:
+    port = replace(PORT, **first.port, **second.port)  # type: ignore[arg-type]
+    connection = 0x77 if first.unconnected or second.unconnected else CONN
+    connection |= first.connection_bits | second.connection_bits
+    flag = port.flag_count if first.flag_beyond_count or second.flag_beyond_count else 0
+    overrides: dict[str, object] = {"control": CALL_CODE | first.control_bits | second.control_bits}
+    in_offset = first.in_offset if first.in_offset is not None else second.in_offset
+    if in_offset is not None:
+        overrides["in_offset"] = in_offset
+
+    @contextmanager
+    def around(env: Env) -> Iterator[None]:
+        with first.around(env), second.around(env):
+            yield
+
+    return connected(port), event_call(connection, flag, **overrides), around
+
+
+def test_the_contract_orders_every_pair_this_table_breaks() -> None:
+    order = [r.id for r in ROWS]
+    for first, second in FAULT_PAIRS:
+        assert order.index(first.row_id) < order.index(second.row_id)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [pytest.param(a, b, id=f"{a.row_id}+{b.row_id}") for a, b in FAULT_PAIRS],
+)
+def test_two_broken_rules_answer_the_first(clean: Env, first: Fault, second: Fault) -> None:
+    arrange, args, around = both(first, second)
+    with arrange(clean):
+        before = clean.watch.snapshot()
+        with around(clean):
+            result = clean.signal(args)
+        assert result.status == status(first.row_id), (
+            f"{first.row_id}+{second.row_id}: got {result.status!r}"
+        )
+        assert clean.watch.snapshot() == before, "an error changed a SIEF slot or interrupted"
 
 
 # --- E7: success ---
