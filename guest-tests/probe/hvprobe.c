@@ -648,7 +648,7 @@ static int hvprobe_hypercall(struct hvprobe_hypercall *hc)
 /* Races: several CPUs making the same call at once. */
 
 #define HVPROBE_RACE_OUT_OFFSET	2048	/* in the same page as the input */
-#define HVPROBE_RACE_IRQ_WAIT_NS	(200 * NSEC_PER_MSEC)
+#define HVPROBE_RACE_IRQ_WAIT_NS	(1000 * NSEC_PER_MSEC)
 
 struct hvprobe_race_run {
 	struct hvprobe_race *r;
