@@ -1,6 +1,6 @@
 """Event ports and connections as the host manages them: QEMU's unstable
 x-hv-port-create/-delete, x-hv-connection-set/-delete and x-query-hv-ports
-commands (qemu-patches 0018), typed."""
+commands (qemu-patches 0019), typed."""
 
 from __future__ import annotations
 
