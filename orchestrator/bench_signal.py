@@ -93,23 +93,27 @@ def signal_targets(vm: Vm, probe: Probe) -> Iterator[None]:
         probe.synic_teardown(TARGET)
 
 
-def time_path(probe: Probe, args: HypercallArgs, calls: int) -> tuple[int, float]:
-    """(status, ns per call) of `calls` repetitions after one warm-up call."""
-    probe.call("hypercall", *args.argv())
+def timed_calls(probe: Probe, args: HypercallArgs, calls: int) -> tuple[int, int]:
+    """(status, ns) of `calls` back-to-back calls, timed by the module."""
     reply = probe.call("hypercall", *args.argv(), "--repeat", calls)
     if reply.get("status") is None or "elapsed_ns" not in reply:
         raise HarnessError(f"hypercall --repeat gave no timing: {reply}", probe.guest.commands_log)
-    return int(reply["status"]), int(reply["elapsed_ns"]) / calls
+    return int(reply["status"]), int(reply["elapsed_ns"])
+
+
+def time_path(probe: Probe, args: HypercallArgs, calls: int) -> tuple[int, float]:
+    """(status, ns per call) of `calls` repetitions after one warm-up call."""
+    probe.call("hypercall", *args.argv())
+    status, elapsed_ns = timed_calls(probe, args, calls)
+    return status, elapsed_ns / calls
 
 
 def time_newly_set(probe: Probe, args: HypercallArgs, already_set_ns: float) -> tuple[int, float]:
     """(status, ns) of one call that finds its flag clear: the flag is cleared,
     a pair of calls is timed, and one already-set call's cost taken off."""
     probe.sief(TARGET, SINT, clear=True)
-    reply = probe.call("hypercall", *args.argv(), "--repeat", 2)
-    if reply.get("status") is None or "elapsed_ns" not in reply:
-        raise HarnessError(f"hypercall --repeat gave no timing: {reply}", probe.guest.commands_log)
-    return int(reply["status"]), int(reply["elapsed_ns"]) - already_set_ns
+    status, elapsed_ns = timed_calls(probe, args, 2)
+    return status, elapsed_ns - already_set_ns
 
 
 def measure(vm: Vm, calls: int, runs: int, newly_set_samples: int = 20) -> list[PathCost]:

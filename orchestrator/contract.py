@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 CONTRACT_FILE = Path(__file__).resolve().parent.parent / "docs" / "contract.toml"
 
@@ -59,3 +61,30 @@ def row(row_id: str, rows: tuple[Row, ...] | None = None) -> Row:
         if candidate.id == row_id:
             return candidate
     raise KeyError(f"no contract row {row_id}")
+
+
+class BreaksARow(Protocol):
+    """A way to break one row's rule (a test's fault table entry)."""
+
+    @property
+    def row_id(self) -> str: ...
+
+
+F = TypeVar("F", bound=BreaksARow)
+
+
+def ordered_pairs(
+    faults: Sequence[F], incompatible: Set[tuple[str, str]], rows: tuple[Row, ...]
+) -> list[tuple[F, F]]:
+    """Every pair of `faults` that can be broken at once, the row the contract
+    checks first leading; ValueError if `faults` are not in the contract's order."""
+    order = [r.id for r in rows]
+    positions = [order.index(fault.row_id) for fault in faults]
+    if positions != sorted(positions):
+        raise ValueError(f"faults not in the contract's order: {[f.row_id for f in faults]}")
+    return [
+        (first, second)
+        for i, first in enumerate(faults)
+        for second in faults[i + 1 :]
+        if (first.row_id, second.row_id) not in incompatible
+    ]

@@ -764,7 +764,7 @@ static int hvprobe_race_check(const struct hvprobe_race *r, struct hvprobe_race_
 	    r->in_len > HVPROBE_RACE_OUT_OFFSET || r->sint >= HVPROBE_SINTS ||
 	    r->flag >= HVPROBE_SLOT_BYTES * 8 || r->vector >= HVPROBE_VECTORS ||
 	    r->insn > HVPROBE_INSN_PAGE || r->flags & ~HVPROBE_RACE_NEWLY_OUTPUT || !r->cpus ||
-	    hvprobe_check_cpu(r->target_cpu))
+	    r->target_cpu >= 32 || hvprobe_check_cpu(r->target_cpu))
 		return -EINVAL;
 	for (cpu = 0; cpu < 32; cpu++) {
 		if (!(r->cpus & BIT(cpu)))
@@ -779,10 +779,10 @@ static int hvprobe_race_check(const struct hvprobe_race *r, struct hvprobe_race_
 static int hvprobe_race(struct hvprobe_race *r)
 {
 	struct hvprobe_race_party party[HVPROBE_RACE_CPUS];
+	struct task_struct *tasks[HVPROBE_RACE_CPUS];
 	struct hvprobe_race_run *run;
-	struct task_struct *task;
-	unsigned int i, locked = 0;
-	u32 locks = r->cpus | BIT(r->target_cpu);
+	unsigned int i;
+	u32 locks;
 	int err;
 
 	run = kzalloc(sizeof(*run), GFP_KERNEL);
@@ -799,11 +799,11 @@ static int hvprobe_race(struct hvprobe_race *r)
 	}
 	r->calls = r->newly = r->bad_rounds = r->errors = r->first_error = 0;
 	r->flag_missing = r->irqs = r->irq_timeouts = 0;
+	locks = r->cpus | BIT(r->target_cpu);
 	/* The buffers of the calling CPUs and the target's SIEF page, in CPU order */
 	for (i = 0; i < 32; i++)
 		if (locks & BIT(i))
 			mutex_lock(&hvprobe_cpus[i].lock);
-	locked = 1;
 	if (!hvprobe_cpus[r->target_cpu].sief) {
 		err = -ENXIO;
 		goto out_unlock;
@@ -815,26 +815,28 @@ static int hvprobe_race(struct hvprobe_race *r)
 		init_completion(&run->done[i]);
 		party[i] = (struct hvprobe_race_party) { .run = run, .index = i };
 	}
+	/* All threads exist before any runs: one missing would hang the barrier */
 	for (i = 0; i < run->parties; i++) {
-		task = kthread_create_on_cpu(hvprobe_race_fn, &party[i], run->cpu[i],
-					     "hvprobe-race/%u");
-		if (IS_ERR(task)) {
-			/* Those started wait at the first barrier for ever: not recoverable */
-			err = PTR_ERR(task);
-			WARN_ON(i);
+		tasks[i] = kthread_create_on_cpu(hvprobe_race_fn, &party[i], run->cpu[i],
+						 "hvprobe-race/%u");
+		if (IS_ERR(tasks[i])) {
+			err = PTR_ERR(tasks[i]);
+			/* Never woken, so stopping them runs none of their rounds */
+			while (i--)
+				kthread_stop(tasks[i]);
 			goto out_unlock;
 		}
-		wake_up_process(task);
 	}
+	for (i = 0; i < run->parties; i++)
+		wake_up_process(tasks[i]);
 	for (i = 0; i < run->parties; i++)
 		wait_for_completion(&run->done[i]);
 	r->calls = r->rounds * run->parties;
 	r->irqs = hvprobe_race_irqs(run) - run->irq_base;
 out_unlock:
-	if (locked)
-		for (i = 0; i < 32; i++)
-			if (locks & BIT(i))
-				mutex_unlock(&hvprobe_cpus[i].lock);
+	for (i = 0; i < 32; i++)
+		if (locks & BIT(i))
+			mutex_unlock(&hvprobe_cpus[i].lock);
 out_free:
 	kfree(run);
 	return err;

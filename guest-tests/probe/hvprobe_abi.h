@@ -202,9 +202,9 @@ struct hvprobe_hypercall {
 #define HVPROBE_RACE_NEWLY_OUTPUT	(1U << 0)
 
 struct hvprobe_race {
-	__u32 cpus;			/* in: bit n = CPU n calls; at most HVPROBE_RACE_CPUS */
+	__u32 cpus;			/* in: bit n = CPU n calls; at most HVPROBE_RACE_CPUS bits */
 	__u32 rounds;			/* in: 1..HVPROBE_RACE_ROUNDS_MAX */
-	__u32 target_cpu;		/* in: whose SIEF slot holds the flag */
+	__u32 target_cpu;		/* in: whose SIEF slot holds the flag; below 32 */
 	__u32 sint;			/* in */
 	__u32 flag;			/* in: bit number within the slot */
 	__u32 vector;			/* in: counted on target_cpu */
