@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: help setup host venv qemu image kvm-modules kvm-modules-smoke test test-kvm test-unit demo fuzz \
-        bench-boot bench-signal \
+        bench-boot bench-signal mutate \
         qemu-dev qemu-export series-export series-check-upstream check-series lint clean distclean
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
 	@echo "make bench-signal per-call cost of each signalling path (CALLS=, RUNS=)"
+	@echo "make mutate       build each bug in qemu-patches/mutations/, report which tests kill it (MUTATIONS=01,04)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
 	@echo "make kvm-modules  kvm.ko, kvm-intel.ko, kvm-amd.ko for the image's kernel, with kvm-patches/"
 	@echo "make kvm-modules-smoke  load them in a TCG guest, run KVM's hyperv_features selftest (STOCK=1)"
@@ -89,6 +90,9 @@ bench-boot: qemu image
 bench-signal: qemu image
 	@$(PY) -m orchestrator bench-signal --calls $(or $(CALLS),2000) --runs $(or $(RUNS),3)
 
+mutate: qemu image
+	@$(PY) scripts/mutate.py
+
 qemu-dev: setup
 	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh dev
 
@@ -108,8 +112,8 @@ check-series: setup
 	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh check
 
 lint: venv
-	@$(VENV)/bin/ruff check orchestrator guest-tests
-	@$(VENV)/bin/ruff format --check orchestrator guest-tests
+	@$(VENV)/bin/ruff check orchestrator guest-tests scripts
+	@$(VENV)/bin/ruff format --check orchestrator guest-tests scripts
 
 clean:
 	rm -rf test-logs .pytest_cache
