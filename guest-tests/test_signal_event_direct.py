@@ -415,6 +415,29 @@ def test_racing_callers_see_newly_signaled_exactly_once(clean: SiefWatch, to_vp:
     assert clean.probe.sief(to_vp, SINT) == bytes(256), "the module cleared the flag last"
 
 
+@pytest.mark.direct_in_qemu
+@pytest.mark.parametrize("to_vp", [TARGET, OTHER], ids=["to-vp1", "to-vp0"])
+def test_racing_signal_leaves_the_neighbour_bit_alone(clean: SiefWatch, to_vp: int) -> None:
+    """The other vCPU signals flag 33 of `to_vp` round after round while
+    `to_vp` itself sets and clears flag 32, in the same 64-bit word, with
+    atomic operations. QEMU must set its flag atomically too: one that reads
+    the word and writes it back undoes the guest's change in between, which
+    the guest sees as its bit found not as it left it. Every round still
+    answers NewlySignaled=1 with one interrupt."""
+    caller = OTHER if to_vp == TARGET else TARGET
+    args = direct_call(to_vp, SINT, 33, cpu=caller)
+    result = clean.probe.race(
+        args, cpus=(caller,), target=to_vp, sint=SINT, flag=33, vector=VECTOR,
+        rounds=RACE_ROUNDS, newly_output=True, neighbour=True,
+    )  # fmt: skip
+    assert (result.errors, result.first_error) == (0, 0), result
+    assert result.neighbour_toggles >= RACE_ROUNDS, "the target toggled in every round"
+    assert result.neighbour_lost == 0, result
+    assert (result.newly, result.bad_rounds) == (RACE_ROUNDS, 0), result
+    assert (result.irqs, result.irq_timeouts) == (RACE_ROUNDS, 0), result
+    assert clean.probe.sief(to_vp, SINT) == bytes(256), "the module cleared both bits last"
+
+
 # --- the same call on every accelerator: QEMU's answer, or a stock KVM's ---
 
 

@@ -359,6 +359,23 @@ def test_racing_signals_on_one_port_flag_set_it_once_per_round(clean: Env, vp: i
     assert flags_on(clean, vp) == set()
 
 
+def test_racing_port_signal_leaves_the_neighbour_bit_alone(clean: Env) -> None:
+    """SignalEvent through a port sets its flag as SignalEventDirect does:
+    atomically, so the target's own set-and-clear of the neighbouring bit,
+    in the same word and at the same time, is never undone."""
+    port = clean.vm.ports.create(Port(0x13, TARGET, SINT, base_flag=40, flag_count=4))
+    clean.vm.ports.connect(CONN, port.port_id)
+    result = clean.probe.race(
+        event_call(CONN, 2), cpus=(OTHER,), target=TARGET, sint=SINT, flag=port.bit(2),
+        vector=VECTOR, rounds=RACE_ROUNDS, neighbour=True,
+    )  # fmt: skip
+    assert (result.errors, result.first_error) == (0, 0), result
+    assert result.neighbour_toggles >= RACE_ROUNDS, "the target toggled in every round"
+    assert result.neighbour_lost == 0, result
+    assert (result.irqs, result.irq_timeouts, result.flag_missing) == (RACE_ROUNDS, 0, 0), result
+    assert flags_on(clean, TARGET) == set()
+
+
 def test_polling_sint_gets_the_flag_without_an_interrupt(clean: Env) -> None:
     clean.vm.ports.create(PORT)
     clean.vm.ports.connect(CONN, PORT.port_id)

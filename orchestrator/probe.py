@@ -311,6 +311,8 @@ class RaceResult:
     flag_missing: int  # rounds after which the target's flag was clear
     irqs: int  # interrupts on the vector at the target meanwhile
     irq_timeouts: int  # rounds whose interrupt did not arrive in time
+    neighbour_toggles: int  # set-and-clear pairs of the flag's neighbour bit (neighbour)
+    neighbour_lost: int  # of those, ones that found the bit changed under them
 
 
 def _race(d: dict[str, Any]) -> RaceResult:
@@ -489,12 +491,16 @@ class Probe:
         vector: int,
         rounds: int,
         newly_output: bool = False,
+        neighbour: bool = False,
     ) -> RaceResult:
         """`args`' call (memory form) made by every CPU of `cpus` at once,
         `rounds` times; between rounds the module waits for the interrupt on
         `vector` at `target`, checks flag `flag` of its SIEF slot `sint`, and
         clears it. With `newly_output` the call writes NewlySignaled, and a
-        round without exactly one NewlySignaled=1 is a bad round."""
+        round without exactly one NewlySignaled=1 is a bad round. With
+        `neighbour` the target, which must not be among `cpus`, sets and clears
+        bit `flag` ^ 1 of the same word atomically while the calls run, and
+        counts the times the bit was not as it left it."""
         argv = [
             "--cpus", ",".join(str(cpu) for cpu in cpus), "--cpu", target, "--sint", sint,
             "--flag", flag, "--vector", vector, "--control", hex(args.control),
@@ -502,7 +508,8 @@ class Probe:
         ]  # fmt: skip
         if args.input:
             argv += ["--input", args.input.hex()]
-        return self._parsed(_race, "race", *argv, *_flag("--newly-output", newly_output))
+        argv += [*_flag("--newly-output", newly_output), *_flag("--neighbour", neighbour)]
+        return self._parsed(_race, "race", *argv)
 
     def sief(self, cpu: int, sint: int, clear: bool = False) -> bytes:
         """The 256 bytes of SIEF slot `sint` on `cpu` (zeroed after reading with clear)."""

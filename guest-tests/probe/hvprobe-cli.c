@@ -54,7 +54,7 @@ static const char *const usage_text =
 	"  outl [--cpu N] PORT VALUE\n"
 	"  inl [--cpu N] PORT\n"
 	"  race --cpus N,N... --cpu TARGET --sint S --flag F --vector V --control C\n"
-	"       [--input HEX] [--insn vmcall|vmmcall|page|native] [--rounds N] [--newly-output]\n";
+	"       [--input HEX] [--insn vmcall|vmmcall|page|native] [--rounds N] [--newly-output] [--neighbour]\n";
 
 /* Output. */
 
@@ -193,7 +193,7 @@ struct opts {
 	uint64_t raw, control, in_gpa, out_gpa;
 	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
 	uint32_t cpus, rounds, flag;
-	bool has_cpus, has_flag, newly_output;
+	bool has_cpus, has_flag, newly_output, neighbour;
 	uint8_t input[HVPROBE_IO_MAX];
 	int input_len;
 	uint8_t xmm[HVPROBE_XMM_REGS][HVPROBE_XMM_BYTES];
@@ -210,6 +210,7 @@ enum {
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
 	OPT_REPEAT, OPT_IN_SERVICE, OPT_CPUS, OPT_ROUNDS, OPT_FLAG,
 	OPT_NEWLY_OUTPUT,
+	OPT_NEIGHBOUR,
 };
 
 static const struct option long_options[] = {
@@ -243,6 +244,7 @@ static const struct option long_options[] = {
 	{ "rounds", required_argument, NULL, OPT_ROUNDS },
 	{ "flag", required_argument, NULL, OPT_FLAG },
 	{ "newly-output", no_argument, NULL, OPT_NEWLY_OUTPUT },
+	{ "neighbour", no_argument, NULL, OPT_NEIGHBOUR },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -361,6 +363,8 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 		return parse_insn(arg, &o->insn);
 	case OPT_NEWLY_OUTPUT:
 		return (o->newly_output = true);
+	case OPT_NEIGHBOUR:
+		return (o->neighbour = true);
 	case OPT_CPUS:
 		return (o->has_cpus = parse_cpu_list(arg, &o->cpus));
 	case OPT_ROUNDS:
@@ -1056,16 +1060,18 @@ static int cmd_race(struct opts *o)
 	r.vector = o->vector;
 	r.insn = o->insn;
 	r.control = o->control;
-	r.flags = o->newly_output ? HVPROBE_RACE_NEWLY_OUTPUT : 0;
+	r.flags = (o->newly_output ? HVPROBE_RACE_NEWLY_OUTPUT : 0) |
+		  (o->neighbour ? HVPROBE_RACE_NEIGHBOUR : 0);
 	r.in_len = o->input_len;
 	memcpy(r.input, o->input, o->input_len);
 	rc = call(HVPROBE_IOC_RACE, &r, "race");
 	if (rc)
 		return rc;
 	printf("{\"calls\": %u, \"newly\": %u, \"bad_rounds\": %u, \"errors\": %u, "
-	       "\"first_error\": %u, \"flag_missing\": %u, \"irqs\": %u, \"irq_timeouts\": %u}\n",
+	       "\"first_error\": %u, \"flag_missing\": %u, \"irqs\": %u, \"irq_timeouts\": %u, "
+	       "\"neighbour_toggles\": %u, \"neighbour_lost\": %u}\n",
 	       r.calls, r.newly, r.bad_rounds, r.errors, r.first_error, r.flag_missing, r.irqs,
-	       r.irq_timeouts);
+	       r.irq_timeouts, r.neighbour_toggles, r.neighbour_lost);
 	return 0;
 }
 

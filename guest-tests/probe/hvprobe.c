@@ -662,6 +662,8 @@ struct hvprobe_race_run {
 	u32 status[HVPROBE_RACE_CPUS];	/* and statuses (0x10000 + vector: a fault) */
 	u64 irq_base;
 	u32 rounds_signalled;		/* rounds in which a call newly set the flag */
+	unsigned int callers;		/* parties that call; a toggler comes after them */
+	atomic_t callers_done;		/* this round's callers whose call returned */
 	struct completion done[HVPROBE_RACE_CPUS];
 };
 
@@ -694,7 +696,8 @@ static void hvprobe_race_settle(struct hvprobe_race_run *run)
 	u32 i, newly = 0;
 	u64 deadline;
 
-	for (i = 0; i < run->parties; i++) {
+	atomic_set(&run->callers_done, 0);
+	for (i = 0; i < run->callers; i++) {
 		newly += run->newly[i];
 		if (run->status[i] && !r->errors++)
 			r->first_error = run->status[i];
@@ -722,6 +725,27 @@ struct hvprobe_race_party {
 	unsigned int index;
 };
 
+/*
+ * The toggler, on the target CPU while the callers' calls run: sets and clears
+ * the flag's neighbour in the same word, with atomic operations, and counts
+ * the times the bit was not as it left it: a host that sets the flag by
+ * reading and writing the word back undoes such a change.
+ */
+static void hvprobe_race_toggle(struct hvprobe_race_run *run)
+{
+	struct hvprobe_race *r = run->r;
+	unsigned long *word = (unsigned long *)run->slot;
+	unsigned int neighbour = r->flag ^ 1;
+
+	do {
+		if (test_and_set_bit(neighbour, word))
+			r->neighbour_lost++;
+		if (!test_and_clear_bit(neighbour, word))
+			r->neighbour_lost++;
+		r->neighbour_toggles++;
+	} while (atomic_read(&run->callers_done) < run->callers);
+}
+
 static int hvprobe_race_fn(void *arg)
 {
 	struct hvprobe_race_party *party = arg;
@@ -734,6 +758,16 @@ static int hvprobe_race_fn(void *arg)
 	struct hvprobe_regs regs;
 	int trap;
 
+	if (i == run->callers) {
+		for (round = 0; round < r->rounds; round++) {
+			hvprobe_race_barrier(run);
+			hvprobe_race_toggle(run);
+			hvprobe_race_barrier(run);
+			hvprobe_race_barrier(run);
+		}
+		complete(&run->done[i]);
+		return 0;
+	}
 	memset(buf, 0, HVPROBE_PAGE_BYTES);
 	memcpy(buf, r->input, r->in_len);
 	for (round = 0; round < r->rounds; round++) {
@@ -747,6 +781,7 @@ static int hvprobe_race_fn(void *arg)
 		trap = hvprobe_issue_insn(r->insn, &regs, run->page);
 		run->status[i] = trap >= 0 ? 0x10000 + trap : regs.rax & 0xffff;
 		run->newly[i] = !run->status[i] && buf[HVPROBE_RACE_OUT_OFFSET] == 1;
+		atomic_inc(&run->callers_done);
 		hvprobe_race_barrier(run);
 		if (i == 0)
 			hvprobe_race_settle(run);
@@ -763,7 +798,8 @@ static int hvprobe_race_check(const struct hvprobe_race *r, struct hvprobe_race_
 	if (!r->rounds || r->rounds > HVPROBE_RACE_ROUNDS_MAX || r->in_len > HVPROBE_IO_MAX ||
 	    r->in_len > HVPROBE_RACE_OUT_OFFSET || r->sint >= HVPROBE_SINTS ||
 	    r->flag >= HVPROBE_SLOT_BYTES * 8 || r->vector >= HVPROBE_VECTORS ||
-	    r->insn > HVPROBE_INSN_PAGE || r->flags & ~HVPROBE_RACE_NEWLY_OUTPUT || !r->cpus ||
+	    r->insn > HVPROBE_INSN_PAGE ||
+	    r->flags & ~(HVPROBE_RACE_NEWLY_OUTPUT | HVPROBE_RACE_NEIGHBOUR) || !r->cpus ||
 	    r->target_cpu >= 32 || hvprobe_check_cpu(r->target_cpu))
 		return -EINVAL;
 	for (cpu = 0; cpu < 32; cpu++) {
@@ -772,6 +808,13 @@ static int hvprobe_race_check(const struct hvprobe_race *r, struct hvprobe_race_
 		if (run->parties == HVPROBE_RACE_CPUS || hvprobe_check_cpu(cpu))
 			return -EINVAL;
 		run->cpu[run->parties++] = cpu;
+	}
+	run->callers = run->parties;
+	if (r->flags & HVPROBE_RACE_NEIGHBOUR) {
+		/* The toggler runs on the target, which then makes no call */
+		if (r->cpus & BIT(r->target_cpu) || run->parties == HVPROBE_RACE_CPUS)
+			return -EINVAL;
+		run->cpu[run->parties++] = r->target_cpu;
 	}
 	return 0;
 }
@@ -799,6 +842,7 @@ static int hvprobe_race(struct hvprobe_race *r)
 	}
 	r->calls = r->newly = r->bad_rounds = r->errors = r->first_error = 0;
 	r->flag_missing = r->irqs = r->irq_timeouts = 0;
+	r->neighbour_toggles = r->neighbour_lost = 0;
 	locks = r->cpus | BIT(r->target_cpu);
 	/* The buffers of the calling CPUs and the target's SIEF page, in CPU order */
 	for (i = 0; i < 32; i++)
@@ -810,6 +854,7 @@ static int hvprobe_race(struct hvprobe_race *r)
 	}
 	run->slot = hvprobe_cpus[r->target_cpu].sief + r->sint * HVPROBE_SLOT_BYTES;
 	clear_bit(r->flag, (unsigned long *)run->slot);
+	clear_bit(r->flag ^ 1, (unsigned long *)run->slot);
 	run->irq_base = hvprobe_race_irqs(run);
 	for (i = 0; i < run->parties; i++) {
 		init_completion(&run->done[i]);
@@ -831,7 +876,7 @@ static int hvprobe_race(struct hvprobe_race *r)
 		wake_up_process(tasks[i]);
 	for (i = 0; i < run->parties; i++)
 		wait_for_completion(&run->done[i]);
-	r->calls = r->rounds * run->parties;
+	r->calls = r->rounds * run->callers;
 	r->irqs = hvprobe_race_irqs(run) - run->irq_base;
 out_unlock:
 	for (i = 0; i < 32; i++)

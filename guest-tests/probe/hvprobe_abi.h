@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HVPROBE_ABI_VERSION	4
+#define HVPROBE_ABI_VERSION	5
 #define HVPROBE_DEVICE		"/dev/hvprobe"
 
 #define HVPROBE_PAGE_BYTES	4096
@@ -200,6 +200,7 @@ struct hvprobe_hypercall {
 #define HVPROBE_RACE_ROUNDS_MAX	5000
 /* The call writes NewlySignaled (a byte) at its output: one per round is due */
 #define HVPROBE_RACE_NEWLY_OUTPUT	(1U << 0)
+#define HVPROBE_RACE_NEIGHBOUR		(1U << 1)	/* target CPU toggles flag ^ 1 meanwhile */
 
 struct hvprobe_race {
 	__u32 cpus;			/* in: bit n = CPU n calls; at most HVPROBE_RACE_CPUS bits */
@@ -222,6 +223,9 @@ struct hvprobe_race {
 	__u32 flag_missing;		/* out: rounds after which the flag was clear */
 	__u32 irqs;			/* out: interrupts on vector at target_cpu meanwhile */
 	__u32 irq_timeouts;		/* out: rounds whose interrupt did not come in time */
+	__u32 neighbour_toggles;	/* out: set-and-clear pairs of flag ^ 1 (NEIGHBOUR) */
+	__u32 neighbour_lost;		/* out: of those, ones that found the bit changed under them */
+	__u32 pad2;
 };
 
 #define HVPROBE_IOC_MAGIC	0xb7
