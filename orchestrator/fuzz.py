@@ -57,6 +57,13 @@ class Case:
     args: HypercallArgs
     row_id: str  # the row the contract says applies
     effect: tuple[int, int, int] | None = None  # (cpu, sint, bit) on success
+    broken: tuple[str, ...] = ()  # every row whose rule the case breaks, in order
+
+    @property
+    def pairs(self) -> set[tuple[str, str]]:
+        """The ordered pairs this case tests: the row that decides, before
+        each other row the case also breaks."""
+        return {(self.broken[0], later) for later in self.broken[1:]}
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,6 @@ def direct_case(rng: random.Random) -> Case:
     args = direct_call(
         vp, sint, flag, cpu=rng.choice(CPUS), input=encode_direct(vp, sint, flag, partition, vtl)
     )
-    if rng.random() < 0.04:
-        fast = replace(args, control=Call.SIGNAL_EVENT_DIRECT | FAST, fast=True)
-        return Case(label + " fast", fast, "C4")
-    fault = _control_fault(rng, args)
-    if fault:
-        return Case(label, fault[0], fault[1])
     checks = (
         ("D1", partition != SELF_PARTITION),
         ("D2", vtl != 0),
@@ -106,9 +107,15 @@ def direct_case(rng: random.Random) -> Case:
         ("D5", vp not in CPUS),
         ("D6", sint not in VECTORS),
     )
-    for row_id, applies in checks:
-        if applies:
-            return Case(label, args, row_id)
+    broken = tuple(row_id for row_id, applies in checks if applies)
+    if rng.random() < 0.04:
+        fast = replace(args, control=Call.SIGNAL_EVENT_DIRECT | FAST, fast=True)
+        return Case(label + " fast", fast, "C4", broken=("C4", *broken))
+    fault = _control_fault(rng, args)
+    if fault:
+        return Case(label, fault[0], fault[1], broken=(fault[1], *broken))
+    if broken:
+        return Case(label, args, broken[0], broken=broken)
     return Case(label, args, "D7", (vp, sint, flag))
 
 
@@ -126,9 +133,6 @@ def event_case(rng: random.Random) -> Case:
     fast = rng.random() < 0.5
     label = f"event connection={connection:#x} flag={flag} rsvdz={reserved:#x} fast={fast}"
     args = event_call(connection, flag, fast=fast, reserved=reserved, cpu=rng.choice(CPUS))
-    fault = _control_fault(rng, args)
-    if fault:
-        return Case(label, fault[0], fault[1])
     checks = (
         ("E1", connection >> 24 != 0 or reserved != 0),
         ("E2", connection not in CONNECTIONS),
@@ -137,9 +141,12 @@ def event_case(rng: random.Random) -> Case:
         ("E5", port is not None and port.vp not in CPUS),
         ("E6", port is not None and port.sint not in VECTORS),
     )
-    for row_id, applies in checks:
-        if applies:
-            return Case(label, args, row_id)
+    broken = tuple(row_id for row_id, applies in checks if applies)
+    fault = _control_fault(rng, args)
+    if fault:
+        return Case(label, fault[0], fault[1], broken=(fault[1], *broken))
+    if broken:
+        return Case(label, args, broken[0], broken=broken)
     assert port is not None
     return Case(label, args, "E7", (port.vp, port.sint, port.bit(flag)))
 
@@ -259,8 +266,15 @@ class Fuzzer:
         return outcomes
 
 
+def pairs_covered(drawn: Sequence[Case]) -> set[tuple[str, str]]:
+    """The ordered pairs of rows the cases test: two rules broken at once, the
+    first in the contract's order deciding."""
+    return set().union(*(case.pairs for case in drawn))
+
+
 def summary(outcomes: Sequence[Outcome]) -> list[str]:
-    """A line per row (cases, failures), then one per failing case."""
+    """A line per row (cases, failures), the pairs of rules broken together
+    that the run tested, then one line per failing case."""
     by_row = Counter(o.case.row_id for o in outcomes)
     failed = [o for o in outcomes if o.problem]
     failing_rows = Counter(o.case.row_id for o in failed)
@@ -268,5 +282,8 @@ def summary(outcomes: Sequence[Outcome]) -> list[str]:
         f"{row_id}: {n} cases, {failing_rows[row_id]} failed"
         for row_id, n in sorted(by_row.items())
     ]
+    pairs = sorted(pairs_covered([o.case for o in outcomes]))
+    lines.append(f"two rules broken at once: {len(pairs)} ordered pairs tested")
+    lines.append("  " + " ".join(f"{first}>{second}" for first, second in pairs))
     lines += [f"FAILED {o.case.row_id} {o.case.label}: {o.problem}" for o in failed]
     return lines

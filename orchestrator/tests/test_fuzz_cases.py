@@ -3,7 +3,8 @@ reachable, and each prediction consistent with the inputs it was drawn for."""
 
 from __future__ import annotations
 
-from orchestrator.fuzz import CONNECTIONS, CPUS, LIVE_PORTS, VECTORS, cases
+from orchestrator.contract import load
+from orchestrator.fuzz import CONNECTIONS, CPUS, LIVE_PORTS, VECTORS, cases, pairs_covered
 from orchestrator.probe import FLAGS_PER_SLOT
 
 
@@ -38,3 +39,21 @@ def test_event_successes_land_inside_their_port() -> None:
         port = LIVE_PORTS[CONNECTIONS[connection]]
         assert flag < port.flag_count
         assert case.effect == (port.vp, port.sint, port.base_flag + flag)
+
+
+def test_the_deciding_row_is_the_first_broken_in_the_contracts_order() -> None:
+    order = [row.id for row in load()]
+    for case in cases(9, 600):
+        if case.row_id in ("D7", "E7"):
+            assert case.broken == (), case
+            continue
+        assert case.broken[0] == case.row_id, case
+        positions = [order.index(row_id) for row_id in case.broken]
+        assert positions == sorted(positions), case
+
+
+def test_rules_are_broken_two_at_a_time_across_both_calls() -> None:
+    pairs = pairs_covered(cases(1, 2000))
+    # rows checked before the call's own, and rows of one call among themselves
+    assert {("C1", "D1"), ("C3", "D5"), ("C4", "D3"), ("C1", "E2"), ("C3", "E4")} <= pairs
+    assert {("D1", "D5"), ("D3", "D6"), ("E1", "E2"), ("E4", "E6")} <= pairs
