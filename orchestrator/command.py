@@ -30,6 +30,9 @@ class VmOptions:
     """What a test may choose about its VM."""
 
     cpus: int = 2
+    # The rest of -smp after the CPU count, e.g. "maxcpus=6,sockets=2,cores=3,
+    # threads=1": a topology whose APIC IDs are not the CPU indices.
+    topology: str = ""
     memory_mb: int = 512
     cpu: str = "max"
     machine: str = "q35"
@@ -100,6 +103,10 @@ def _qmp_spec(launch: Launch) -> str:
     return f"unix:{launch.paths.qmp_socket},server=on,wait=off"
 
 
+def _smp(options: VmOptions) -> str:
+    return f"{options.cpus},{options.topology}" if options.topology else str(options.cpus)
+
+
 def render(launch: Launch) -> list[str]:
     template = _environment().get_template("qemu.cmdline.j2")
     text = template.render(
@@ -108,7 +115,7 @@ def render(launch: Launch) -> list[str]:
         machine=launch.options.machine,
         accel=launch.accel,
         cpu=guest_cpu(launch.options.cpu, launch.accel),
-        cpus=launch.options.cpus,
+        smp=_smp(launch.options),
         memory_mb=launch.options.memory_mb,
         firmware_dirs=launch.firmware_dirs,
         image=launch.image,

@@ -1,8 +1,9 @@
 """pytest plugin: booted VMs as fixtures, and a log directory per test.
 
 Fixtures: `vm` (one per session), `fresh_vm` (one per test; options from the
-`vm_options` marker), `guest` / `qmp` for the session VM, and `accel` (the
-accelerator of this session: ACCEL=tcg|kvm|nested-kvm, TCG by default).
+`vm_options` marker), `module_vm` (one per module; options from the module's
+markers), `guest` / `qmp` for the session VM, and `accel` (the accelerator of
+this session: ACCEL=tcg|kvm|nested-kvm, TCG by default).
 
 Markers: `accel("tcg", ..., reason=...)` runs a test only on the accelerators
 named, and skips it elsewhere with the reason; `direct_in_qemu` runs a test
@@ -29,6 +30,7 @@ import pytest
 
 from orchestrator.accel import Accel, choose_accel, kvm_kind
 from orchestrator.command import VmOptions
+from orchestrator.contract_coverage import ContractCoveragePlugin
 from orchestrator.errors import HarnessError
 from orchestrator.expect import direct_reaches_qemu
 from orchestrator.nested import KvmUnavailable
@@ -78,6 +80,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "kvm_leg: part of the KVM leg (make test-kvm); automatic for hv_vm tests"
     )
     config.stash[live_vms_key] = LiveVms()
+    config.pluginmanager.register(ContractCoveragePlugin(), "hvsd-contract-coverage")
     # pytest turns SIGINT into KeyboardInterrupt; do the same for SIGTERM so
     # fixture teardown (and with it QEMU's shutdown) runs.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -94,7 +97,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 # Fixtures that boot a VM other than the session Hyper-V guest.
-_OTHER_VMS = {"vm", "fresh_vm", "guest", "qmp"}
+_OTHER_VMS = {"vm", "fresh_vm", "module_vm", "guest", "qmp"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
@@ -176,18 +179,34 @@ def hv_vm(pytestconfig: pytest.Config) -> Iterator[Vm]:
     yield from _session_vm(pytestconfig, "session-hv-vm", VmOptions.hyperv())
 
 
-@pytest.fixture
-def fresh_vm(request: pytest.FixtureRequest) -> Iterator[Vm]:
-    """A guest of this test's own, with options from @pytest.mark.vm_options(...)."""
-    marker = request.node.get_closest_marker("vm_options")
+def _marked_options(node: pytest.Item | pytest.Collector) -> VmOptions:
+    """VmOptions from the `vm_options` and `hyperv` markers nearest `node`."""
+    marker = node.get_closest_marker("vm_options")
     kwargs = marker.kwargs if marker else {}
-    hyperv = request.node.get_closest_marker("hyperv") is not None
-    options = VmOptions.hyperv(**kwargs) if hyperv else VmOptions(**kwargs)
-    log_dir = _test_dir(request.config, request.node.nodeid) / "fresh-vm"
-    booted = _boot(request.config, log_dir, options, f"fresh-vm-{id(request)}")
+    hyperv = node.get_closest_marker("hyperv") is not None
+    return VmOptions.hyperv(**kwargs) if hyperv else VmOptions(**kwargs)
+
+
+def _own_vm(request: pytest.FixtureRequest, kind: str) -> Iterator[Vm]:
+    log_dir = _test_dir(request.config, request.node.nodeid) / kind
+    booted = _boot(request.config, log_dir, _marked_options(request.node), f"{kind}-{id(request)}")
     yield booted
     booted.stop()
     request.config.stash[live_vms_key].vms.pop(booted.name, None)
+
+
+@pytest.fixture
+def fresh_vm(request: pytest.FixtureRequest) -> Iterator[Vm]:
+    """A guest of this test's own, with options from @pytest.mark.vm_options(...)."""
+    yield from _own_vm(request, "fresh-vm")
+
+
+@pytest.fixture(scope="module")
+def module_vm(request: pytest.FixtureRequest) -> Iterator[Vm]:
+    """A guest of this module's own, shared by its tests, with options from
+    the module's markers (pytestmark): for a VM the session guests cannot be,
+    e.g. another CPU topology, booted once rather than once per test."""
+    yield from _own_vm(request, "module-vm")
 
 
 @pytest.fixture(scope="session")

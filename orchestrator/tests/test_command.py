@@ -49,6 +49,11 @@ def test_render_gives_one_argv_entry_per_argument() -> None:
     assert all(a.strip() == a and a for a in argv)
 
 
+def test_a_topology_follows_the_cpu_count_in_smp() -> None:
+    options = VmOptions(cpus=4, topology="maxcpus=6,sockets=2,cores=3,threads=1")
+    assert arg_after(render(launch(options)), "-smp") == ["4,maxcpus=6,sockets=2,cores=3,threads=1"]
+
+
 def test_kernel_args_and_extra_args_are_appended() -> None:
     argv = render(launch(VmOptions(kernel_args="hvsd.init_only", extra_args=("-S", "-x y"))))
     (cmdline,) = arg_after(argv, "-append")
