@@ -242,6 +242,7 @@ def test_two_broken_rules_answer_the_first(
 
 @pytest.mark.kvm_leg  # C2 under KVM: the privilege comes from the guest's CPUID
 @pytest.mark.hyperv
+@pytest.mark.contract_rows("C2")
 @pytest.mark.vm_options(cpu=HYPERV_CPU + ",x-hv-signal-events=off")
 def test_error_row_c2_without_the_signal_events_privilege(fresh_vm: Vm, accel: Accel) -> None:
     probe = Probe(fresh_vm.guest)
@@ -291,6 +292,7 @@ def newly_signaled(result: HypercallResult) -> int:
     return result.output[0]
 
 
+@pytest.mark.contract_rows("D7")
 @pytest.mark.direct_in_qemu
 @pytest.mark.parametrize("caller", [TARGET, OTHER], ids=["self", "other-vcpu"])
 def test_new_flag_interrupts_once_and_a_set_flag_does_not(clean: SiefWatch, caller: int) -> None:

@@ -318,6 +318,7 @@ SUCCESS_CASES = [
 ]
 
 
+@pytest.mark.contract_rows("E7")
 @pytest.mark.parametrize(("port", "flag", "caller", "fast"), SUCCESS_CASES)
 def test_flag_base_plus_number_is_set_once_with_one_interrupt(
     clean: Env, port: Port, flag: int, caller: int, fast: bool
@@ -529,6 +530,7 @@ def test_bad_port_commands_are_qmp_errors(
 
 @pytest.mark.kvm_leg  # C2 under KVM: the privilege comes from the guest's CPUID
 @pytest.mark.hyperv
+@pytest.mark.contract_rows("C2")
 @pytest.mark.vm_options(cpu=HYPERV_CPU + ",x-hv-signal-events=off")
 def test_c2_signal_event_without_the_privilege(fresh_vm: Vm) -> None:
     probe = Probe(fresh_vm.guest)

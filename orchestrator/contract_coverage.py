@@ -1,0 +1,116 @@
+"""Which contract rows a test run showed from inside a guest, read from the
+tests that ran and passed rather than from what docs/contract.toml claims.
+
+A test shows a row when its parameter id starts with the row id (`D5-vp-2`,
+or `C1+D3`, where C1 decides) or when it carries `@pytest.mark.contract_rows`.
+A row's `tested` file is judged only when every test collected from it ran
+and passed: a run narrowed with -k or -m, or with skips (the KVM leg on a
+stock kernel), says so instead of failing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pytest
+
+from orchestrator.contract import Row, load
+
+ROW_IN_ID = re.compile(r"^([A-Z]\d+)(?=[-+]|$)")
+
+
+def rows_shown(item: pytest.Item) -> frozenset[str]:
+    rows: set[str] = set()
+    for marker in item.iter_markers("contract_rows"):
+        rows.update(str(arg) for arg in marker.args)
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and (match := ROW_IN_ID.match(callspec.id)):
+        rows.add(match[1])
+    return frozenset(rows)
+
+
+def test_file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@dataclass
+class Coverage:
+    shown: dict[str, set[str]] = field(default_factory=dict)  # file -> rows its passes showed
+    incomplete: set[str] = field(default_factory=set)  # files not every test of which passed
+
+    def passed(self, nodeid: str, rows: Iterable[str]) -> None:
+        self.shown.setdefault(test_file(nodeid), set()).update(rows)
+
+    def did_not_pass(self, nodeid: str) -> None:
+        self.incomplete.add(test_file(nodeid))
+
+    def missing(self, rows: Iterable[Row]) -> list[Row]:
+        """Rows whose file ran in full without any passing test showing them."""
+        return [
+            row
+            for row in rows
+            if row.has_guest_test
+            and row.tested not in self.incomplete
+            and row.tested in self.shown
+            and row.id not in self.shown[row.tested]
+        ]
+
+    def unjudged(self, rows: Iterable[Row]) -> list[Row]:
+        return [
+            row
+            for row in rows
+            if row.has_guest_test
+            and (row.tested in self.incomplete or row.tested not in self.shown)
+        ]
+
+
+class ContractCoveragePlugin:
+    """Registered by orchestrator.plugin; one per pytest run."""
+
+    def __init__(self) -> None:
+        self.coverage = Coverage()
+        self.rows_by_test: dict[str, frozenset[str]] = {}
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.addinivalue_line(
+            "markers", "contract_rows(*ids): the contract rows this test shows passing"
+        )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.rows_by_test = {item.nodeid: rows_shown(item) for item in items}
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            self.coverage.did_not_pass(item.nodeid)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed or report.skipped:
+            self.coverage.did_not_pass(report.nodeid)
+        elif report.when == "call":
+            self.coverage.passed(report.nodeid, self.rows_by_test.get(report.nodeid, ()))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.coverage.missing(load()) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        rows = load()
+        missing, unjudged = self.coverage.missing(rows), self.coverage.unjudged(rows)
+        judged = [row for row in rows if row.has_guest_test and row not in unjudged]
+        if not judged:
+            return
+        shown = len(judged) - len(missing)
+        terminalreporter.write_line(
+            f"contract coverage: {shown} of {len(judged)} rows shown by tests that ran and passed"
+            + (f"; not judged (tests of their file did not all run): "
+               f"{' '.join(row.id for row in unjudged)}" if unjudged else "")
+        )  # fmt: skip
+        for row in missing:
+            terminalreporter.write_line(
+                f"contract coverage: FAILED {row.id} ({row.status.name}) is claimed by "
+                f"{row.tested}, but no test there that ran shows it",
+                red=True,
+            )
