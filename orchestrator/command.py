@@ -52,6 +52,9 @@ class VmOptions:
 class LaunchPaths:
     qmp_socket: Path
     serial_log: Path
+    # Where QEMU writes its LOG_GUEST_ERROR lines (-d guest_errors -D), for
+    # the tests to check; None: not logged.
+    guest_errors_log: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def render(launch: Launch) -> list[str]:
         forwards=launch.forwards,
         serial_backend=launch.serial_backend,
         serial_log=launch.paths.serial_log,
+        guest_errors_log=launch.paths.guest_errors_log,
         qmp=_qmp_spec(launch),
         extra_args=launch.options.extra_args,
     )

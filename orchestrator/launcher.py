@@ -92,7 +92,7 @@ class DirectLauncher:
             accel=ctx.accel.qemu_accel,
             image=ctx.image,
             options=ctx.options,
-            paths=LaunchPaths(ctx.runtime / "qmp.sock", ctx.logs.serial),
+            paths=LaunchPaths(ctx.runtime / "qmp.sock", ctx.logs.serial, ctx.logs.guest_errors),
             ssh_port=ssh_port,
             firmware_dirs=ctx.firmware,
         )

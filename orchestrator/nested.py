@@ -43,6 +43,7 @@ INNER_QMP_PORT = 4444
 INNER_CONSOLE = PurePosixPath("/dev/ttyS1")
 INNER_DIR = PurePosixPath("/tmp/hvsd-inner")
 INNER_LOG = INNER_DIR / "qemu.log"
+INNER_GUEST_ERRORS = INNER_DIR / "guest-errors.log"
 # The KVM host's virtio disks, in command-line order: vda is its root.
 PAYLOAD_DEVICE, ROOTFS_DEVICE = "/dev/vdb", "/dev/vdc"
 ALIVE_EVERY = 3.0
@@ -117,7 +118,7 @@ def inner_launch(ctx: LaunchContext, layout: PayloadLayout) -> Launch:
         accel="kvm",
         image=image,
         options=ctx.options,
-        paths=LaunchPaths(Path("/nonexistent"), Path(INNER_CONSOLE)),
+        paths=LaunchPaths(Path("/nonexistent"), Path(INNER_CONSOLE), Path(INNER_GUEST_ERRORS)),
         ssh_port=INNER_SSH_PORT,
         firmware_dirs=[Path(layout.firmware)],
         ssh_bind="0.0.0.0",
@@ -273,13 +274,14 @@ class NestedLauncher:
             )
 
     def _copy_inner_log(self) -> None:
-        """The inner QEMU's log and the KVM host's dmesg, out to the log dir."""
+        """The inner QEMU's logs and the KVM host's dmesg, out to the log dir."""
         if self._host_guest is None:
             return
         try:
             self._host_guest.get(str(INNER_LOG), self.ctx.logs.qemu)
             dmesg = self._host_guest.run("dmesg", timeout=30).out
             (self.host_logs.dir / "dmesg.txt").write_text(dmesg)
+            self._host_guest.get(str(INNER_GUEST_ERRORS), self.ctx.logs.guest_errors)
         except Exception:  # best effort: the KVM host may be gone already
             pass
 

@@ -38,7 +38,7 @@ from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
 from orchestrator.vm import Vm, VmLogs
 
-SLICED_LOGS = ("serial", "qmp", "commands", "qemu")
+SLICED_LOGS = ("serial", "qmp", "commands", "qemu", "guest_errors")
 
 
 @dataclass

@@ -23,6 +23,11 @@ class VmLogs:
         return self.dir / "qemu.log"
 
     @property
+    def guest_errors(self) -> Path:
+        """QEMU's -d guest_errors lines (-D): what the guest did wrong, as QEMU saw it."""
+        return self.dir / "guest-errors.log"
+
+    @property
     def qmp(self) -> Path:
         return self.dir / "qmp.log"
 

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.artifacts import GuestImage
@@ -60,3 +61,11 @@ def test_kernel_args_and_extra_args_are_appended() -> None:
     assert cmdline.startswith("console=ttyS0 ")
     assert cmdline.endswith(" hvsd.init_only")
     assert argv[-2:] == ["-S", "-x y"]
+
+
+def test_guest_errors_go_to_their_log_when_asked() -> None:
+    assert "-d" not in render(launch(VmOptions()))
+    paths = LaunchPaths(Path("/run/q.sock"), Path("/l/serial.log"), Path("/l/guest-errors.log"))
+    argv = render(replace(launch(VmOptions()), paths=paths))
+    assert arg_after(argv, "-d") == ["guest_errors"]
+    assert arg_after(argv, "-D") == ["/l/guest-errors.log"]

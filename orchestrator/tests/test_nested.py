@@ -97,7 +97,9 @@ def test_inner_qemu_gets_the_tcg_command_line_with_accel_kvm_and_translated_path
         "-netdev",
         "-chardev",
         "-qmp",
+        "-D",
     }
+    assert arg_after(inner, "-D") == ["/tmp/hvsd-inner/guest-errors.log"]
 
 
 def test_kvm_host_is_a_plain_tcg_guest_with_the_payload_and_two_serials(tmp_path: Path) -> None:
