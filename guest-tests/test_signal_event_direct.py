@@ -25,7 +25,7 @@ from orchestrator.probe import (
     Probe,
     slot_flags,
 )
-from orchestrator.sief_watch import SiefWatch
+from orchestrator.sief_watch import SiefWatch, sief_page
 from orchestrator.signal_direct import (
     ANY_VP,
     CALL_CODE,
@@ -53,8 +53,11 @@ def direct_input(
     return encode_input(vp, sint, flag, partition, vtl)
 
 
+OUT_WINDOW = 16  # the 8 output bytes, then 8 that must keep the probe's fill
+
+
 def call(**overrides: object) -> HypercallArgs:
-    return direct_call(TARGET, SINT, 5, **overrides)
+    return direct_call(TARGET, SINT, 5, **{"out_len": OUT_WINDOW, **overrides})
 
 
 def watch(vm: Vm, probe: Probe) -> SiefWatch:
@@ -289,6 +292,8 @@ def test_every_row_with_a_guest_test_has_cases_here() -> None:
 def newly_signaled(result: HypercallResult) -> int:
     assert (result.ud, result.status) == (False, HvStatus.SUCCESS), result
     assert result.output[1:8] == bytes(7), "the 7 reserved output bytes must be zero"
+    if len(result.output) > 8:
+        assert result.output[8:] == bytes([FILL] * (len(result.output) - 8)), "written past 8 bytes"
     return result.output[0]
 
 
@@ -300,14 +305,17 @@ def test_new_flag_interrupts_once_and_a_set_flag_does_not(clean: SiefWatch, call
     before = clean.snapshot()
     first = probe.hypercall_with(call(cpu=caller, input=direct_input(flag=9)))
     assert newly_signaled(first) == 1
-    assert first.output == bytes([1]) + bytes(7)
-    assert 9 in slot_flags(probe.sief(TARGET, SINT))
-    assert clean.host_page()[SINT] == {9}
-    assert clean.snapshot().irqs == (before.irqs[0] + 1, before.irqs[1])
+    assert first.output == bytes([1]) + bytes(7) + bytes([FILL] * (OUT_WINDOW - 8))
+    after = clean.snapshot()
+    # Flag 9 of SINT 2 on the target, and nothing else in either vCPU's page
+    assert after.guest_pages == (sief_page({SINT: {9}}), sief_page())
+    assert after.host_pages == after.guest_pages
+    assert after.irqs == (before.irqs[0] + 1, before.irqs[1])
+    assert after.other_irqs == before.other_irqs, "an interrupt on another SINT's vector"
 
     second = probe.hypercall_with(call(cpu=caller, input=direct_input(flag=9)))
     assert newly_signaled(second) == 0
-    assert clean.snapshot().irqs == (before.irqs[0] + 1, before.irqs[1])
+    assert clean.snapshot() == after
 
     probe.sief(TARGET, SINT, clear=True)
     third = probe.hypercall_with(call(cpu=caller, input=direct_input(flag=9)))

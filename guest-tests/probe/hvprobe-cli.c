@@ -46,7 +46,7 @@ static const char *const usage_text =
 	"            [--out-offset O] [--in-gpa G] [--out-gpa G] [--out-len N]\n"
 	"            [--out-fill B] [--xmm HEX]... [--insn vmcall|vmmcall|page|native] [--user]\n"
 	"            [--repeat N]\n"
-	"  sief [--cpu N] --sint S [--clear]\n"
+	"  sief [--cpu N] [--sint S] [--clear]\n"
 	"  sim [--cpu N] --sint S [--clear]\n"
 	"  irqs [--cpu N] [--vector V] [--in-service]\n"
 	"  ipi [--from N] [--cpu N] --vector V\n"
@@ -688,8 +688,51 @@ static int cmd_slot(struct opts *o, uint32_t page)
 	return 0;
 }
 
+static bool slot_is_clear(const uint8_t *data, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (data[i])
+			return false;
+	return true;
+}
+
+/* Every SIEF slot of one CPU in one call: the snapshot a test compares. */
+static int cmd_sief_page(struct opts *o)
+{
+	struct hvprobe_slot s[HVPROBE_SINTS];
+	bool first = true;
+	uint32_t sint;
+	int rc;
+
+	/* All slots read before anything is printed, so a failure prints one error */
+	for (sint = 0; sint < HVPROBE_SINTS; sint++) {
+		s[sint] = (struct hvprobe_slot) { .cpu = o->cpu, .sint = sint,
+						  .page = HVPROBE_SLOT_SIEF, .clear = o->clear };
+		rc = call(HVPROBE_IOC_SLOT, &s[sint], "sief");
+		if (rc)
+			return rc;
+	}
+	printf("{\"cpu\": %u, \"cleared\": ", o->cpu);
+	json_bool(o->clear);
+	fputs(", \"slots\": {", stdout);
+	for (sint = 0; sint < HVPROBE_SINTS; sint++) {
+		if (slot_is_clear(s[sint].data, sizeof(s[sint].data)))
+			continue;
+		printf("%s\"%u\": {", first ? "" : ", ", sint);
+		print_sief_flags(s[sint].data);
+		putchar('}');
+		first = false;
+	}
+	fputs("}}\n", stdout);
+	return 0;
+}
+
 static int cmd_sief(struct opts *o)
 {
+	if (!o->has_sint && !o->nargs)
+		return cmd_sief_page(o);
 	return cmd_slot(o, HVPROBE_SLOT_SIEF);
 }
 
