@@ -54,6 +54,16 @@ def direct_input(
 
 
 OUT_WINDOW = 16  # the 8 output bytes, then 8 that must keep the probe's fill
+XMM0_FILL = bytes(range(0x30, 0x40))  # in XMM0 before a fast call, there after a failed one
+
+
+def with_xmm0_fill(args: HypercallArgs) -> HypercallArgs:
+    return replace(args, xmm=(XMM0_FILL,)) if args.fast else args
+
+
+def assert_xmm0_kept(args: HypercallArgs, result: HypercallResult) -> None:
+    if args.fast:
+        assert result.xmm0 == XMM0_FILL, "a failed fast call changed XMM0"
 
 
 def call(**overrides: object) -> HypercallArgs:
@@ -160,11 +170,13 @@ def test_error_row(
     # A stock KVM answers 0x00C0 itself (orchestrator/expect.py): its status,
     # and still nothing changed.
     expected = expected_direct_status(accel, row(row_id, ROWS).status, args.control)
+    args = with_xmm0_fill(args)
     before = clean.snapshot()
     with state(clean.probe):
         result = clean.probe.hypercall_with(args)
     assert not result.ud
     assert result.status == expected, f"{row_id}: got {result.status!r}, rax {result.rax!r}"
+    assert_xmm0_kept(args, result)
     assert result.reps_completed == 0
     after = clean.snapshot()
     assert after == before, f"{row_id} changed the SynIC: {before} -> {after}"
@@ -231,6 +243,7 @@ def test_two_broken_rules_answer_the_first(
     clean: SiefWatch, accel: Accel, first: Fault, second: Fault
 ) -> None:
     args, state = both(first, second)
+    args = with_xmm0_fill(args)
     expected = expected_direct_status(accel, row(first.row_id, ROWS).status, args.control)
     before = clean.snapshot()
     with state(clean.probe):
@@ -238,6 +251,7 @@ def test_two_broken_rules_answer_the_first(
     assert (result.ud, result.status) == (False, expected), (
         f"{first.row_id}+{second.row_id}: got {result.status!r}, rax {result.rax!r}"
     )
+    assert_xmm0_kept(args, result)
     assert clean.snapshot() == before, "an error changed the SynIC"
     if result.output:
         assert result.output == output_as_laid_out(args), "output written on error"
