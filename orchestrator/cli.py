@@ -1,16 +1,25 @@
-"""python -m orchestrator boot | ssh | run CMD | demo | bench-boot"""
+"""hv-signal-direct (or python -m orchestrator) boot | ssh | run CMD | demo |
+fuzz | bench-signal | bench-boot | kvm-leg.
+
+Options go before or after the verb. Exit status: 0 as expected, 1 a
+result that contradicts the contract (fuzz), 2 a harness error (one line
+naming the cause and the log), 130 or 143 when interrupted."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from types import FrameType
 
@@ -21,7 +30,7 @@ from orchestrator.bench import BootSample, measure_boot
 from orchestrator.command import VmOptions
 from orchestrator.demo import Demo
 from orchestrator.errors import HarnessError
-from orchestrator.fuzz import Fuzzer, summary
+from orchestrator.fuzz import Fuzzer, pairs_covered, summary
 from orchestrator.probe import Probe
 from orchestrator.vm import Vm
 
@@ -48,8 +57,20 @@ def new_log_dir(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
 
 
+EXIT_CONTRACT = 1  # a result the contract says is wrong
+EXIT_HARNESS = 2  # the harness could not do what was asked
+
+
 def _options(args: argparse.Namespace) -> VmOptions:
-    return VmOptions(cpus=args.cpus, memory_mb=args.memory)
+    """The Hyper-V guest the tests use, or with --plain one without enlightenments."""
+    if args.plain:
+        return VmOptions(cpus=args.cpus, memory_mb=args.memory)
+    return VmOptions.hyperv(cpus=args.cpus, memory_mb=args.memory)
+
+
+def _print_json(args: argparse.Namespace, value: object) -> None:
+    """To the real stdout: with --json everything else goes to stderr."""
+    print(json.dumps(value, indent=2, default=str), file=args.stdout)
 
 
 def _describe(vm: Vm) -> None:
@@ -78,13 +99,23 @@ def booted(args: argparse.Namespace, kind: str, options: VmOptions | None = None
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    with booted(args, "boot") as vm:
+    # A second QMP monitor for the user: the harness keeps the first one
+    user_qmp = Path(tempfile.mkdtemp(prefix="hvsd-qmp-")) / "qmp.sock"
+    options = _options(args)
+    options = dataclasses.replace(
+        options, extra_args=(*options.extra_args, "-qmp", f"unix:{user_qmp},server=on,wait=off")
+    )
+    with booted(args, "boot", options) as vm:
         _describe(vm)
-        assert vm.image
+        assert vm.image and vm.accel
         print(
             f"ssh: ssh -i {vm.image.ssh_key} -p {vm.ssh_port} "
             "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1"
         )
+        if vm.accel.name == "nested-kvm":
+            print("qmp: inside the host guest (nested-kvm); use --accel tcg to attach qmp-shell")
+        else:
+            print(f"qmp: {user_qmp} (qmp-shell {user_qmp})")
         print("running; Ctrl-C stops the guest", flush=True)
         while True:
             vm.guest.run("true", timeout=30)
@@ -138,17 +169,39 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     with booted(args, "fuzz", options) as vm:
         _describe(vm)
         outcomes = Fuzzer(vm, Probe(vm.guest)).fuzz(args.seed, args.cases)
-    for line in summary(outcomes):
-        print(line)
-    failed = sum(1 for o in outcomes if o.problem)
-    print(f"seed {args.seed}: {len(outcomes)} cases, {failed} not as the contract says")
-    return 1 if failed else 0
+    failed = [o for o in outcomes if o.problem]
+    if args.json:
+        _print_json(
+            args,
+            {
+                "seed": args.seed,
+                "cases": len(outcomes),
+                "failed": len(failed),
+                "rows": dict(Counter(o.case.row_id for o in outcomes)),
+                "pairs": sorted(f"{a}>{b}" for a, b in pairs_covered([o.case for o in outcomes])),
+                "failures": [
+                    {"row": o.case.row_id, "case": o.case.label, "problem": o.problem}
+                    for o in failed
+                ],
+            },
+        )
+    else:
+        for line in summary(outcomes):
+            print(line)
+        print(f"seed {args.seed}: {len(outcomes)} cases, {len(failed)} not as the contract says")
+    return EXIT_CONTRACT if failed else 0
 
 
 def cmd_bench_signal(args: argparse.Namespace) -> int:
     with booted(args, "bench-signal", VmOptions.hyperv(cpus=2, memory_mb=args.memory)) as vm:
         _describe(vm)
         costs = bench_signal.measure(vm, args.calls, args.runs)
+    if args.json:
+        _print_json(
+            args,
+            [{**dataclasses.asdict(cost), "median_ns": cost.median} for cost in costs],
+        )
+        return 0
     print(
         f"{args.calls} calls per run, median of {args.runs} runs (newly set: median of "
         f"single calls), from vCPU 0 to VP 1:"
@@ -168,6 +221,9 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
             f"boot to SSH {sample.to_ssh:.2f}s, ratio {sample.ratio:.2f}",
             flush=True,
         )
+    if args.json:
+        _print_json(args, [dataclasses.asdict(sample) for sample in samples])
+        return 0
     to_init = [s.to_init for s in samples]
     to_ssh = [s.to_ssh for s in samples]
     ratios = [s.ratio for s in samples]
@@ -186,48 +242,122 @@ def cmd_kvm_leg(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m orchestrator", description="Boot and drive guests under the patched QEMU."
+DEFAULTS: dict[str, object] = {
+    "cpus": 2,
+    "memory": 512,
+    "accel": None,
+    "qemu": None,
+    "json": False,
+    "plain": False,
+}
+JSON_VERBS = ("fuzz", "bench-signal", "bench-boot")
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every verb takes, before or after it (defaults applied after parsing)."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--cpus", type=int, help="vCPUs (default 2)")
+    common.add_argument("--memory", type=int, help="MiB (default 512)")
+    common.add_argument("--accel", choices=("tcg", "kvm", "nested-kvm"), help="as ACCEL=")
+    common.add_argument("--qemu", metavar="PATH", help="this qemu-system-x86_64, as QEMU=")
+    common.add_argument(
+        "--json", action="store_true", help=f"JSON results ({', '.join(JSON_VERBS)})"
     )
-    top.add_argument("--cpus", type=int, default=2)
-    top.add_argument("--memory", type=int, default=512, help="MiB")
+    common.add_argument(
+        "--plain", action="store_true", help="boot/ssh/run: a guest without Hyper-V enlightenments"
+    )
+    return common
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        ours = version("hv-signal-direct")
+    except Exception:  # not installed: running from the tree
+        ours = "(not installed)"
+    manifest = cache_dir() / "qemu.json"
+    try:
+        qemu = json.loads(manifest.read_text())
+        built = f"{qemu['version']}, {qemu['series_length']} patches ({qemu['series_hash']})"
+    except (OSError, ValueError, KeyError):
+        built = "no QEMU built yet (make qemu)"
+    return f"hv-signal-direct {ours}; {built}"
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = argparse.ArgumentParser(
+        prog="hv-signal-direct",
+        description="Boot and drive guests under the patched QEMU.",
+        parents=[common],
+    )
+    top.add_argument("--version", action="version", version=_version())
     sub = top.add_subparsers(dest="verb", required=True)
-    sub.add_parser("boot", help="boot a guest and keep it running").set_defaults(fn=cmd_boot)
-    sub.add_parser("ssh", help="boot a guest and open a shell").set_defaults(fn=cmd_ssh)
-    run = sub.add_parser("run", help="boot a guest, run a command, shut down")
+
+    def verb(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help, parents=[common])
+        command.set_defaults(fn=fn)
+        return command
+
+    verb("boot", cmd_boot, "boot a guest and keep it running; prints how to ssh and attach QMP")
+    verb("ssh", cmd_ssh, "boot a guest and open a shell")
+    run = verb("run", cmd_run, "boot a guest, run a command, shut down")
     run.add_argument("--timeout", type=float, default=300.0)
-    run.add_argument("command", nargs="+")
-    run.set_defaults(fn=cmd_run)
-    sub.add_parser("demo", help="the demonstration").set_defaults(fn=cmd_demo)
-    fuzz = sub.add_parser("fuzz", help="random calls checked against docs/contract.toml")
+    # Everything from the first word of the command on is the command's
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    verb("demo", cmd_demo, "the demonstration")
+    fuzz = verb("fuzz", cmd_fuzz, "random calls checked against docs/contract.toml")
     fuzz.add_argument("--seed", type=int, default=1)
     fuzz.add_argument("--cases", type=int, default=400)
-    fuzz.set_defaults(fn=cmd_fuzz)
-    signal_bench = sub.add_parser("bench-signal", help="per-call cost of the signalling paths")
+    signal_bench = verb("bench-signal", cmd_bench_signal, "per-call cost of the signalling paths")
     signal_bench.add_argument("--calls", type=int, default=2000)
     signal_bench.add_argument("--runs", type=int, default=3)
-    signal_bench.set_defaults(fn=cmd_bench_signal)
-    leg = sub.add_parser("kvm-leg", help="print the KVM leg's ACCEL: kvm or nested-kvm")
-    leg.set_defaults(fn=cmd_kvm_leg)
-    bench = sub.add_parser("bench-boot", help="boot-to-SSH against kernel-to-init")
+    verb("kvm-leg", cmd_kvm_leg, "print the KVM leg's ACCEL: kvm or nested-kvm")
+    bench = verb("bench-boot", cmd_bench_boot, "boot-to-SSH against kernel-to-init")
     bench.add_argument("--runs", type=int, default=5)
-    bench.set_defaults(fn=cmd_bench_boot)
     return top
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    top = parser()
+    args = top.parse_args(argv)
+    for name, default in DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.verb == "run" and not args.command:
+        top.error("run needs a command")
+    if args.json and args.verb not in JSON_VERBS:
+        top.error(f"--json is for {', '.join(JSON_VERBS)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(argv)
+    # The accelerator and QEMU are read from the environment by every layer below
+    if args.accel:
+        os.environ["ACCEL"] = args.accel
+    if args.qemu:
+        os.environ["QEMU"] = args.qemu
+    args.stdout = sys.stdout
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
-        return fn(args)
+        with redirect_stdout(sys.stderr if args.json else sys.stdout):
+            return fn(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_HARNESS
     except KeyboardInterrupt:
         print("interrupted; guest stopped", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         sys.stdout.flush()
+
+
+def entry() -> None:
+    """The hv-signal-direct console script."""
+    sys.exit(main())

@@ -39,6 +39,7 @@ def test_file(nodeid: str) -> str:
 class Coverage:
     shown: dict[str, set[str]] = field(default_factory=dict)  # file -> rows its passes showed
     incomplete: set[str] = field(default_factory=set)  # files not every test of which passed
+    ran: set[str] = field(default_factory=set)  # files some test of which ran
 
     def passed(self, nodeid: str, rows: Iterable[str]) -> None:
         self.shown.setdefault(test_file(nodeid), set()).update(rows)
@@ -87,6 +88,7 @@ class ContractCoveragePlugin:
             self.coverage.did_not_pass(item.nodeid)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.coverage.ran.add(test_file(report.nodeid))
         if report.failed or report.skipped:
             self.coverage.did_not_pass(report.nodeid)
         elif report.when == "call":
@@ -100,9 +102,8 @@ class ContractCoveragePlugin:
         rows = load()
         missing, unjudged = self.coverage.missing(rows), self.coverage.unjudged(rows)
         judged = [row for row in rows if row.has_guest_test and row not in unjudged]
-        seen = set(self.coverage.shown) | self.coverage.incomplete
-        if not any(row.tested in seen for row in rows):
-            return  # no test of the contract's files was collected
+        if not any(row.tested in self.coverage.ran for row in rows):
+            return  # no test of the contract's files ran
         shown = len(judged) - len(missing)
         terminalreporter.write_line(
             f"contract coverage: {shown} of {len(judged)} rows shown by tests that ran and passed"
