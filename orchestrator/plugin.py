@@ -245,3 +245,6 @@ def _per_test_logs(request: pytest.FixtureRequest) -> Iterator[None]:
                 with source.open("rb") as src:
                     src.seek(start.get(log, 0))
                     (target / source.name).write_bytes(src.read())
+    if test_dir.exists():
+        # junit reports carry it, so a CI failure points at its logs
+        request.node.user_properties.append(("logs", str(test_dir)))

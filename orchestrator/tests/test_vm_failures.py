@@ -62,7 +62,10 @@ def test_qemu_is_stopped_after_a_failing_test(
             raise AssertionError("this test fails on purpose")
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    junit = pytester.path / "junit.xml"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--junitxml={junit}", timeout=300
+    )
     result.assert_outcomes(failed=1)
     pid = int(pidfile.read_text())
     assert pid > 0
@@ -72,6 +75,8 @@ def test_qemu_is_stopped_after_a_failing_test(
     assert len(test_dirs) == 1
     assert "-qmp" in (test_dirs[0] / "fresh-vm" / "cmdline.txt").read_text()
     assert "$ true" in (test_dirs[0] / "fresh-vm" / "commands.log").read_text()
+    # and the junit report names it, for a CI job's reader
+    assert f'<property name="logs" value="{test_dirs[0]}"' in junit.read_text()
 
 
 def test_sigterm_to_the_cli_stops_qemu(tmp_path: Path) -> None:
