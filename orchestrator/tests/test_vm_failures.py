@@ -64,7 +64,7 @@ def test_qemu_is_stopped_after_a_failing_test(
     )
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--junitxml={junit}", timeout=300
+        "-p", "orchestrator.plugin", "-p", "no:cacheprovider", f"--junitxml={junit}", timeout=300
     )
     result.assert_outcomes(failed=1)
     pid = int(pidfile.read_text())
