@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 
@@ -100,26 +101,28 @@ def booted(args: argparse.Namespace, kind: str, options: VmOptions | None = None
 
 def cmd_boot(args: argparse.Namespace) -> int:
     # A second QMP monitor for the user: the harness keeps the first one
-    user_qmp = Path(tempfile.mkdtemp(prefix="hvsd-qmp-")) / "qmp.sock"
-    options = _options(args)
-    options = dataclasses.replace(
-        options, extra_args=(*options.extra_args, "-qmp", f"unix:{user_qmp},server=on,wait=off")
-    )
-    with booted(args, "boot", options) as vm:
-        _describe(vm)
-        assert vm.image and vm.accel
-        print(
-            f"ssh: ssh -i {vm.image.ssh_key} -p {vm.ssh_port} "
-            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1"
+    with tempfile.TemporaryDirectory(prefix="hvsd-qmp-") as runtime:
+        user_qmp = Path(runtime) / "qmp.sock"
+        options = _options(args)
+        options = dataclasses.replace(
+            options,
+            extra_args=(*options.extra_args, "-qmp", f"unix:{user_qmp},server=on,wait=off"),
         )
-        if vm.accel.name == "nested-kvm":
-            print("qmp: inside the host guest (nested-kvm); use --accel tcg to attach qmp-shell")
-        else:
-            print(f"qmp: {user_qmp} (qmp-shell {user_qmp})")
-        print("running; Ctrl-C stops the guest", flush=True)
-        while True:
-            vm.guest.run("true", timeout=30)
-            time.sleep(5)
+        with booted(args, "boot", options) as vm:
+            _describe(vm)
+            assert vm.image and vm.accel
+            print(
+                f"ssh: ssh -i {vm.image.ssh_key} -p {vm.ssh_port} "
+                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1"
+            )
+            if vm.accel.name == "nested-kvm":
+                print("qmp: inside the host guest (nested-kvm); --accel tcg to attach qmp-shell")
+            else:
+                print(f"qmp: {user_qmp} (qmp-shell {user_qmp})")
+            print("running; Ctrl-C stops the guest", flush=True)
+            while True:
+                vm.guest.run("true", timeout=30)
+                time.sleep(5)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -271,10 +274,8 @@ def _common() -> argparse.ArgumentParser:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         ours = version("hv-signal-direct")
-    except Exception:  # not installed: running from the tree
+    except PackageNotFoundError:  # not installed: running from the tree
         ours = "(not installed)"
     manifest = cache_dir() / "qemu.json"
     try:

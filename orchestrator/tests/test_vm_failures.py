@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,7 +80,12 @@ def test_qemu_is_stopped_after_a_failing_test(
     assert f'<property name="logs" value="{test_dirs[0]}"' in junit.read_text()
 
 
+def user_qmp_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("hvsd-qmp-*"))
+
+
 def test_sigterm_to_the_cli_stops_qemu(tmp_path: Path) -> None:
+    dirs_before = user_qmp_dirs()
     cli = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "boot"],
         stdout=subprocess.PIPE,
@@ -99,6 +105,7 @@ def test_sigterm_to_the_cli_stops_qemu(tmp_path: Path) -> None:
         cli.send_signal(signal.SIGTERM)
         assert cli.wait(timeout=30) == 128 + signal.SIGTERM
         assert processes_mentioning(log_dir) == []
+        assert user_qmp_dirs() == dirs_before, "boot left its QMP socket's directory"
     finally:
         if cli.poll() is None:
             cli.kill()
