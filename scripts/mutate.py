@@ -30,15 +30,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# The cache's location is the orchestrator's (make venv installs it)
+from orchestrator.artifacts import cache_dir
+
 PROJECT = Path(__file__).resolve().parent.parent
 MUTATIONS_DIR = PROJECT / "qemu-patches" / "mutations"
-
-
-def cache_dir() -> Path:
-    if explicit := os.environ.get("HVSD_CACHE"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hv-signal-direct"
 
 
 @dataclass(frozen=True)
