@@ -17,13 +17,11 @@ import pytest
 from orchestrator.command import HYPERV_CPU, HYPERV_TESTDEV
 from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import (
-    FAST,
     MESSAGE_TIMER_EXPIRED,
     REF_TIME_HZ,
     STIMER_DIRECT,
     STIMER_ENABLE,
     STIMER_PERIODIC,
-    Call,
     Msr,
     stimer_config_msr,
     stimer_count_msr,
@@ -32,7 +30,7 @@ from orchestrator.hvdefs import (
 )
 from orchestrator.polling import eventually
 from orchestrator.probe import Probe, SimMessage, slot_flags
-from orchestrator.signal_direct import direct_call, direct_input
+from orchestrator.signal_direct import fast_direct_call
 from orchestrator.vm import Vm
 
 ENLIGHTENED_CPU = (
@@ -232,16 +230,7 @@ def test_fast_signal_event_direct_returns_newly_signaled_in_xmm0(synic: Probe) -
     probe.sief(CPU, SINT, clear=True)
     before = probe.irqs(CPU, VECTOR)
     fill = bytes([0xAA] * 16)
-    fast = direct_call(
-        CPU,
-        SINT,
-        77,
-        control=Call.SIGNAL_EVENT_DIRECT | FAST,
-        fast=True,
-        input=direct_input(CPU, SINT, 77),
-        xmm=(fill,),
-        out_len=None,
-    )
+    fast = fast_direct_call(CPU, SINT, 77, xmm=(fill,))
     for newly in (1, 0):
         result = probe.hypercall_with(fast)
         assert result.status == HvStatus.SUCCESS

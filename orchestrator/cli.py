@@ -196,7 +196,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_signal(args: argparse.Namespace) -> int:
-    with booted(args, "bench-signal", VmOptions.hyperv(cpus=2, memory_mb=args.memory)) as vm:
+    options = VmOptions.hyperv(cpus=2, memory_mb=args.memory, cpu=bench_signal.BENCH_CPU)
+    with booted(args, "bench-signal", options) as vm:
         _describe(vm)
         costs = bench_signal.measure(vm, args.calls, args.runs)
     if args.json:
