@@ -158,6 +158,12 @@ class Vm:
             self.qmp.reset()
         self.guest.wait_ready(self.boot_timeout, self._check_alive, self._console.sshd_listening)
 
+    def reconnect(self, timeout: float = 60.0) -> None:
+        """A new SSH connection to the guest, once the old one cannot be
+        trusted: after loadvm, the guest's TCP state is the snapshot's."""
+        self.guest.close()
+        self.guest.wait_ready(timeout, self._check_alive)
+
     def stop(self) -> None:
         if self._guest is not None:
             self._guest.close()
