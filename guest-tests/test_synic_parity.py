@@ -23,6 +23,7 @@ from orchestrator.contract import HvStatus
 from orchestrator.expect import expected_direct_status
 from orchestrator.hvdefs import FAST, Call
 from orchestrator.polling import eventually
+from orchestrator.post_message import message_call, message_input
 from orchestrator.probe import HypercallArgs, Probe, SimMessage, slot_flags
 from orchestrator.signal_direct import direct_call
 from orchestrator.testdev import HypervTestDev
@@ -187,14 +188,8 @@ def test_connections_on_auto_eoi_sints_keep_delivering(
             probe.sief(target, EVT_SINT, clear=True)
 
 
-def message_input(connection: int, message_type: int) -> bytes:
-    return struct.pack("<IIII", connection, 0, message_type, 8) + bytes(240)
-
-
 def post_message(probe: Probe, cpu: int, connection: int, message_type: int) -> int | None:
-    return probe.hypercall(
-        Call.POST_MESSAGE, cpu=cpu, input=message_input(connection, message_type)
-    ).status
+    return probe.hypercall_with(message_call(connection, message_type, cpu=cpu)).status
 
 
 def test_both_vcpus_post_to_each_other_at_once(hv_vm: Vm, probe: Probe, connections: None) -> None:

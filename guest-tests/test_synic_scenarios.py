@@ -18,6 +18,7 @@ from orchestrator.accel import Accel
 from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import FAST, Call, Msr
 from orchestrator.polling import eventually
+from orchestrator.post_message import message_call
 from orchestrator.probe import Probe, SimMessage, decode_sief_page, slot_flags
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
@@ -54,9 +55,7 @@ def signal_event(probe: Probe, connection: int, flag: int = 0, cpu: int = 0) -> 
 
 
 def post_message(probe: Probe, connection: int, message_type: int, payload: bytes) -> int | None:
-    message = struct.pack("<IIII", connection, 0, message_type, len(payload))
-    message += payload.ljust(240, b"\0")
-    return probe.hypercall(POST_MESSAGE, input=message).status
+    return probe.hypercall_with(message_call(connection, message_type, payload)).status
 
 
 @pytest.mark.parametrize("target", [0, 1], ids=["self", "other-vcpu"])

@@ -77,6 +77,9 @@ class Launch:
     serial_backend: str = "file"
     # More (host port, guest port) TCP forwards beside SSH's.
     forwards: tuple[tuple[int, int], ...] = ()
+    # A migration destination: QEMU waits for migrate-incoming (-incoming
+    # defer) instead of booting the guest.
+    incoming: bool = False
 
 
 def _environment() -> jinja2.Environment:
@@ -131,5 +134,6 @@ def render(launch: Launch) -> list[str]:
         guest_errors_log=launch.paths.guest_errors_log,
         qmp=_qmp_spec(launch),
         extra_args=launch.options.extra_args,
+        incoming=launch.incoming,
     )
     return [line for line in text.splitlines() if line.strip()]

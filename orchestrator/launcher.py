@@ -43,6 +43,8 @@ class LaunchContext:
     logs: VmLogs
     runtime: Path
     console: ConsoleWatch
+    # A migration destination (-incoming defer): no guest boots.
+    incoming: bool = False
 
 
 class Launcher(Protocol):
@@ -95,6 +97,7 @@ class DirectLauncher:
             paths=LaunchPaths(ctx.runtime / "qmp.sock", ctx.logs.serial, ctx.logs.guest_errors),
             ssh_port=ssh_port,
             firmware_dirs=ctx.firmware,
+            incoming=ctx.incoming,
         )
 
     def start(self) -> float:

@@ -178,6 +178,8 @@ class NestedLauncher:
 
     def start(self) -> float:
         ctx = self.ctx
+        if ctx.incoming:
+            raise HarnessError("a migration destination cannot start nested (ACCEL=nested-kvm)")
         self.host_logs.dir.mkdir(parents=True, exist_ok=True)
         payload = ensure_payload(ctx.qemu, ctx.image, ctx.firmware, self.patched_kvm)
         self.ssh_port, qmp_port = free_port(), free_port()

@@ -40,8 +40,12 @@ class Vm:
         options: VmOptions | None = None,
         accel: Accel | None = None,
         name: str = "hvsd",
+        incoming: bool = False,
     ) -> None:
+        """`incoming`: a migration destination, whose QEMU starts waiting for
+        migrate-incoming; its guest answers SSH after `reconnect()`."""
         self.options = options or VmOptions()
+        self.incoming = incoming
         self.logs = VmLogs(log_dir)
         self.name = name
         self._accel = accel
@@ -119,6 +123,7 @@ class Vm:
                     logs=self.logs,
                     runtime=self._runtime,
                     console=self._console,
+                    incoming=self.incoming,
                 )
             )
             started = self._launcher.start()
@@ -131,6 +136,8 @@ class Vm:
                 self.logs.commands,
                 self.logs.serial,
             )
+            if self.incoming:
+                return
             self._guest.wait_ready(
                 self.boot_timeout - (time.monotonic() - started),
                 self._check_alive,

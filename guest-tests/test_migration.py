@@ -1,0 +1,165 @@
+"""SynIC state and event ports carried when a VM moves, under TCG (issue 12,
+"Migration and snapshots"), three ways: savevm/loadvm in one QEMU, through a
+file into a second QEMU, and live into a second QEMU on this host.
+
+Each way carries the SynIC MSRs, the SIEF page's flags, a message pending
+in the SIM page and the ports with their connections as they were saved;
+signals afterwards set new flags and interrupt, and the saved flags, still
+set, are not newly signalled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.contract import HvStatus
+from orchestrator.migration import load_from_file, migrate_live, save_to_file
+from orchestrator.polling import eventually
+from orchestrator.ports import Port, PortTable
+from orchestrator.post_message import message_call
+from orchestrator.probe import Probe, SimMessage, slot_flags
+from orchestrator.signal_direct import direct_call, newly_signaled
+from orchestrator.signal_event import event_call
+from orchestrator.synic import SynicInfo
+from orchestrator.testdev import HypervTestDev
+from orchestrator.vm import Vm
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.hyperv,
+    pytest.mark.accel("tcg", reason="under the KVM leg, the QEMU to move runs nested"),
+]
+
+CALLER, TARGET, SINT, VECTOR = 0, 1, 2, 0xE2
+PORT = Port(port_id=0x10, vp=TARGET, sint=SINT, base_flag=100, flag_count=8)
+CONN = 0x20
+SAVED_DIRECT_FLAG, SAVED_PORT_FLAG = 5, 1
+# A message hyperv-testdev echoes into the SIM, left there unread.
+MSG_SINT, MSG_VECTOR, MSG_CONN, MSG_TYPE = 3, 0xE3, 7, 0x41
+MSG_PAYLOAD = b"carried across"
+LATER_DIRECT_FLAG, LATER_PORT_FLAG = 6, 2
+
+
+@dataclass(frozen=True)
+class Saved:
+    synic: SynicInfo
+    flags: frozenset[int]
+    message: SimMessage
+    ports: PortTable
+
+
+def sief_flags(vm: Vm) -> frozenset[int]:
+    return vm.synic.sief(TARGET).get(SINT, frozenset())
+
+
+def arrange(vm: Vm) -> Saved:
+    """A SynIC on the target, a port with a connection, and one flag set by
+    each call: the state every way must carry."""
+    probe = Probe(vm.guest)
+    probe.synic_setup(TARGET)
+    probe.sint(TARGET, SINT, VECTOR)
+    vm.ports.create(PORT)
+    vm.ports.connect(CONN, PORT.port_id)
+    direct = probe.hypercall_with(direct_call(TARGET, SINT, SAVED_DIRECT_FLAG, cpu=CALLER))
+    assert newly_signaled(direct) == 1
+    assert probe.hypercall_with(event_call(CONN, SAVED_PORT_FLAG, cpu=CALLER)).status == 0
+    flags = frozenset({SAVED_DIRECT_FLAG, PORT.bit(SAVED_PORT_FLAG)})
+    assert sief_flags(vm) == flags
+
+    probe.sint(TARGET, MSG_SINT, MSG_VECTOR)
+    HypervTestDev(probe).msg_conn_create(TARGET, MSG_SINT, MSG_CONN)
+    posted = probe.hypercall_with(message_call(MSG_CONN, MSG_TYPE, MSG_PAYLOAD, cpu=CALLER))
+    assert posted.status == HvStatus.SUCCESS
+    message = eventually(
+        lambda: (m := SimMessage.from_slot(probe.sim(TARGET, MSG_SINT))).message_type and m,
+        "the message in the SIM slot",
+    )
+    assert (message.message_type, message.payload[: len(MSG_PAYLOAD)]) == (MSG_TYPE, MSG_PAYLOAD)
+    return Saved(vm.synic.state()[TARGET], flags, message, vm.ports.table())
+
+
+def assert_carried(vm: Vm, saved: Saved) -> None:
+    probe = Probe(vm.guest)
+    assert vm.qmp.status() == "running"
+    assert vm.synic.state()[TARGET] == saved.synic
+    assert sief_flags(vm) == saved.flags
+    assert slot_flags(probe.sief(TARGET, SINT)) == saved.flags
+    assert SimMessage.from_slot(probe.sim(TARGET, MSG_SINT)) == saved.message
+    assert vm.ports.table() == saved.ports
+
+    before = probe.irqs(TARGET, VECTOR)
+    again = probe.hypercall_with(direct_call(TARGET, SINT, SAVED_DIRECT_FLAG, cpu=CALLER))
+    assert newly_signaled(again) == 0
+    later = probe.hypercall_with(direct_call(TARGET, SINT, LATER_DIRECT_FLAG, cpu=CALLER))
+    assert newly_signaled(later) == 1
+    port_call = probe.hypercall_with(event_call(CONN, LATER_PORT_FLAG, cpu=CALLER))
+    assert port_call.status == HvStatus.SUCCESS
+    assert sief_flags(vm) == saved.flags | {LATER_DIRECT_FLAG, PORT.bit(LATER_PORT_FLAG)}
+    eventually(lambda: probe.irqs(TARGET, VECTOR) == before + 2, "two interrupts after the move")
+
+
+def hmp_ok(vm: Vm, command: str) -> None:
+    output = vm.qmp.hmp(command, timeout=120.0)
+    assert output.strip() == "", f"{command}: {output}"
+
+
+@contextmanager
+def destination_of(source: Vm, log_dir: Path) -> Iterator[Vm]:
+    """A second QEMU with the source's options, waiting for its state."""
+    with Vm(
+        log_dir, source.options, accel=source.accel, name=f"{source.name}-dst", incoming=True
+    ) as destination:
+        yield destination
+
+
+@contextmanager
+def move_by_savevm(vm: Vm, tmp_path: Path) -> Iterator[Vm]:
+    probe = Probe(vm.guest)
+    hmp_ok(vm, "savevm hvsd-snapshot")
+    # What was saved is then undone, so that only the load can bring it back.
+    probe.sief(TARGET, SINT, clear=True)
+    vm.ports.clear()
+    probe.sint(TARGET, SINT, VECTOR, masked=True)
+    probe.sim(TARGET, MSG_SINT, clear=True)
+    assert sief_flags(vm) == frozenset()
+    assert vm.ports.table().ports == {}
+    hmp_ok(vm, "loadvm hvsd-snapshot")
+    vm.reconnect()
+    yield vm
+    hmp_ok(vm, "delvm hvsd-snapshot")
+
+
+@contextmanager
+def move_through_file(vm: Vm, tmp_path: Path) -> Iterator[Vm]:
+    state = tmp_path / "vm.state"
+    save_to_file(vm, state)
+    vm.stop()
+    with destination_of(vm, tmp_path / "destination") as destination:
+        load_from_file(destination, state)
+        yield destination
+
+
+@contextmanager
+def move_live(vm: Vm, tmp_path: Path) -> Iterator[Vm]:
+    with destination_of(vm, tmp_path / "destination") as destination:
+        migrate_live(vm, destination)
+        assert vm.qmp.status() == "postmigrate"
+        yield destination
+
+
+WAYS: dict[str, Callable[[Vm, Path], AbstractContextManager[Vm]]] = {
+    "savevm-loadvm": move_by_savevm,
+    "file": move_through_file,
+    "live": move_live,
+}
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_synic_flags_and_ports_survive_the_move(fresh_vm: Vm, tmp_path: Path, way: str) -> None:
+    saved = arrange(fresh_vm)
+    with WAYS[way](fresh_vm, tmp_path) as moved:
+        assert_carried(moved, saved)
