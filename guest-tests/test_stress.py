@@ -1,0 +1,35 @@
+"""Racing vCPUs, short (issue 12): `make stress` runs the same at volume with 4
+and 8 vCPUs. Three vCPUs signal one flag of the fourth at once, by
+SignalEventDirect and by SignalEvent through a port, while the target toggles
+the flag's neighbour bit; between batches it masks its SINT or turns SCONTROL
+off, and every call must then fail with nothing set or delivered."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.stress import STATE_CYCLE, run_batches
+from orchestrator.vm import Vm
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.hyperv,
+    pytest.mark.direct_in_qemu,
+    pytest.mark.vm_options(cpus=4, boot_timeout=300.0),
+    pytest.mark.contract_rows("D6", "D7", "E6", "E7"),
+]
+
+ROUNDS = 100
+
+
+def test_racing_vcpus_lose_and_double_no_signal(module_vm: Vm) -> None:
+    # Two turns of the state cycle per call kind: 4 enabled batches in all.
+    signals = 4 * ROUNDS * (module_vm.options.cpus - 1)
+    report = run_batches(module_vm, signals=signals, rounds=ROUNDS)
+    assert report.problems() == []
+    kinds_and_states = {(b.kind, b.state) for b in report.batches}
+    assert kinds_and_states == {(k, s) for k in ("direct", "port") for s in STATE_CYCLE}
+    enabled = [b for b in report.batches if b.enabled]
+    assert report.transitions == report.irqs == sum(b.rounds for b in enabled)
+    assert report.newly == sum(b.rounds for b in enabled if b.kind == "direct")
+    assert (report.lost, report.doubled) == (0, 0)
