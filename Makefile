@@ -7,9 +7,10 @@ PYTHON_BOOTSTRAP ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+comma := ,
 
 .PHONY: help setup host venv qemu image kvm-modules kvm-modules-smoke test test-kvm test-unit demo fuzz \
-        bench-boot bench-signal mutate \
+        bench-boot bench-signal stress mutate \
         qemu-dev qemu-export series-export series-check-upstream check-series lint clean distclean
 
 help:
@@ -19,6 +20,7 @@ help:
 	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
 	@echo "make bench-signal per-call cost of each signalling path (CALLS=, RUNS=)"
+	@echo "make stress       racing vCPUs signal one flag: 0 lost, 0 doubled (CPUS=4,8 SIGNALS=1000000)"
 	@echo "make mutate       build each bug in qemu-patches/mutations/, report which tests kill it (MUTATIONS=01,04)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
 	@echo "make kvm-modules  kvm.ko, kvm-intel.ko, kvm-amd.ko for the image's kernel, with kvm-patches/"
@@ -89,6 +91,9 @@ bench-boot: qemu image
 
 bench-signal: qemu image
 	@$(PY) -m orchestrator bench-signal --calls $(or $(CALLS),2000) --runs $(or $(RUNS),3)
+
+stress: qemu image
+	@$(PY) -m orchestrator stress --vcpu-counts $(or $(CPUS),4$(comma)8) --signals $(or $(SIGNALS),1000000)
 
 mutate: qemu image
 	@$(PY) scripts/mutate.py

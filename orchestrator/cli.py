@@ -1,5 +1,5 @@
 """hv-signal-direct (or python -m orchestrator) boot | ssh | run CMD | demo |
-fuzz | bench-signal | bench-boot | kvm-leg.
+fuzz | bench-signal | bench-boot | stress | kvm-leg.
 
 Options go before or after the verb. Exit status: 0 as expected, 1 a
 result that contradicts the contract (fuzz), 2 a harness error (one line
@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 
-from orchestrator import bench_signal
+from orchestrator import bench_signal, stress
 from orchestrator.accel import kvm_kind, kvm_leg
 from orchestrator.artifacts import cache_dir
 from orchestrator.bench import BootSample, measure_boot
@@ -238,6 +238,40 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stress(args: argparse.Namespace) -> int:
+    """One VM per vCPU count; exit 1 if any lost or doubled a signal."""
+    reports: list[stress.StressReport] = []
+    for cpus in args.vcpu_counts:
+        options = VmOptions.hyperv(cpus=cpus, memory_mb=args.memory, boot_timeout=300.0)
+        with booted(args, f"stress-{cpus}", options) as vm:
+            _describe(vm)
+            reports.append(stress.run_batches(vm, args.signals, args.rounds))
+        for line in stress.report_lines(reports[-1]):
+            print(line)
+    problems = [problem for report in reports for problem in report.problems()]
+    for problem in problems:
+        print(f"not as the contract says: {problem}")
+    if args.json:
+        _print_json(
+            args,
+            [
+                {
+                    "cpus": r.cpus,
+                    "signals": r.signals,
+                    "newly_signaled": r.newly,
+                    "transitions": r.transitions,
+                    "irqs": r.irqs,
+                    "lost": r.lost,
+                    "doubled": r.doubled,
+                    "qemu": r.qemu_status,
+                    "problems": r.problems(),
+                }
+                for r in reports
+            ],
+        )
+    return EXIT_CONTRACT if problems else 0
+
+
 def cmd_kvm_leg(args: argparse.Namespace) -> int:
     """stdout: the accelerator name (for make); stderr: why."""
     leg = kvm_leg()
@@ -254,7 +288,7 @@ DEFAULTS: dict[str, object] = {
     "json": False,
     "plain": False,
 }
-JSON_VERBS = ("fuzz", "bench-signal", "bench-boot")
+JSON_VERBS = ("fuzz", "bench-signal", "bench-boot", "stress")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -317,6 +351,15 @@ def parser() -> argparse.ArgumentParser:
     signal_bench = verb("bench-signal", cmd_bench_signal, "per-call cost of the signalling paths")
     signal_bench.add_argument("--calls", type=int, default=2000)
     signal_bench.add_argument("--runs", type=int, default=3)
+    racing = verb("stress", cmd_stress, "racing vCPUs signalling one flag: lost or doubled signals")
+    racing.add_argument(
+        "--vcpu-counts",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[4, 8],
+        help="one VM per count, e.g. 4,8",
+    )
+    racing.add_argument("--signals", type=int, default=1_000_000, help="calls per vCPU count")
+    racing.add_argument("--rounds", type=int, default=5000, help="rounds per batch")
     verb("kvm-leg", cmd_kvm_leg, "print the KVM leg's ACCEL: kvm or nested-kvm")
     bench = verb("bench-boot", cmd_bench_boot, "boot-to-SSH against kernel-to-init")
     bench.add_argument("--runs", type=int, default=5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,21 @@ def rows_shown(item: pytest.Item) -> frozenset[str]:
 
 def test_file(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
+
+
+def narrowed_files(args: Iterable[str], invocation_dir: Path, rootdir: Path) -> list[str]:
+    """The test files (as in node ids) that the command line names with a
+    test, `file::test`, rather than whole."""
+    files = []
+    for arg in args:
+        if "::" not in arg:
+            continue
+        path = (invocation_dir / arg.split("::", 1)[0]).resolve()
+        try:
+            files.append(path.relative_to(rootdir.resolve()).as_posix())
+        except ValueError:
+            continue
+    return files
 
 
 @dataclass
@@ -80,8 +96,13 @@ class ContractCoveragePlugin:
         )
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         self.rows_by_test = {item.nodeid: rows_shown(item) for item in items}
+        # A file named with some of its tests (file::test) did not run in full
+        for nodeid in narrowed_files(config.args, config.invocation_params.dir, config.rootpath):
+            self.coverage.did_not_pass(nodeid)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         for item in items:

@@ -3,8 +3,10 @@ files judged only when all their tests passed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orchestrator.contract import load
-from orchestrator.contract_coverage import ROW_IN_ID, Coverage
+from orchestrator.contract_coverage import ROW_IN_ID, Coverage, narrowed_files
 
 DIRECT = "guest-tests/test_signal_event_direct.py"
 PORTS = "guest-tests/test_signal_event_ports.py"
@@ -62,3 +64,11 @@ def test_every_tested_path_in_the_contract_exists() -> None:
     for row in load():
         if row.has_guest_test:
             assert (root / row.tested).is_file(), row
+
+
+def test_a_file_named_with_one_of_its_tests_did_not_run_in_full(tmp_path: Path) -> None:
+    root = tmp_path
+    (root / "guest-tests").mkdir()
+    args = ["guest-tests/test_a.py::test_one", "guest-tests/test_b.py", "-k", "x"]
+    assert narrowed_files(args, root, root) == ["guest-tests/test_a.py"]
+    assert narrowed_files(["test_a.py::t"], root / "guest-tests", root) == ["guest-tests/test_a.py"]
