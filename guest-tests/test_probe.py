@@ -78,7 +78,7 @@ def test_the_image_loads_the_module_at_boot(vm: Vm, probe: Probe, cpus: range) -
     assert [line.split()[0] for line in modules].count("hvprobe") == 1
     assert vm.guest.run("test -c /dev/hvprobe").rc == 0
     info = probe.info()
-    assert info.abi == 5
+    assert info.abi == 6
     assert info.online_cpus == tuple(cpus)
     assert "__common_interrupt" in info.irq_probes
 
@@ -365,7 +365,7 @@ def test_without_the_module_the_cli_exits_3_and_the_client_reloads_it(vm: Vm, pr
     absent = vm.guest.run("hvprobe info")
     assert absent.rc == 3
     assert "module loaded" in json.loads(absent.out)["error"]
-    assert probe.info().abi == 5  # the client loaded it again
+    assert probe.info().abi == 6  # the client loaded it again
     assert not probe.pages(1).synic
     log = kernel_log(vm.guest)
     assert "leaked" not in log and "Oops" not in log

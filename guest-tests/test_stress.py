@@ -19,13 +19,13 @@ pytestmark = [
     pytest.mark.contract_rows("D6", "D7", "E6", "E7"),
 ]
 
-ROUNDS = 100
+ROUNDS, CALLS_PER_ROUND = 100, 5
 
 
 def test_racing_vcpus_lose_and_double_no_signal(module_vm: Vm) -> None:
     # Two turns of the state cycle per call kind: 4 enabled batches in all.
-    signals = 4 * ROUNDS * (module_vm.options.cpus - 1)
-    report = run_batches(module_vm, signals=signals, rounds=ROUNDS)
+    signals = 4 * ROUNDS * CALLS_PER_ROUND * (module_vm.options.cpus - 1)
+    report = run_batches(module_vm, signals, ROUNDS, CALLS_PER_ROUND)
     assert report.problems() == []
     kinds_and_states = {(b.kind, b.state) for b in report.batches}
     assert kinds_and_states == {(k, s) for k in ("direct", "port") for s in STATE_CYCLE}

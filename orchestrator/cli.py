@@ -245,7 +245,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
         options = VmOptions.hyperv(cpus=cpus, memory_mb=args.memory, boot_timeout=300.0)
         with booted(args, f"stress-{cpus}", options) as vm:
             _describe(vm)
-            reports.append(stress.run_batches(vm, args.signals, args.rounds))
+            reports.append(stress.run_batches(vm, args.signals, args.rounds, args.calls_per_round))
         for line in stress.report_lines(reports[-1]):
             print(line)
     problems = [problem for report in reports for problem in report.problems()]
@@ -359,7 +359,10 @@ def parser() -> argparse.ArgumentParser:
         help="one VM per count, e.g. 4,8",
     )
     racing.add_argument("--signals", type=int, default=1_000_000, help="calls per vCPU count")
-    racing.add_argument("--rounds", type=int, default=5000, help="rounds per batch")
+    racing.add_argument("--rounds", type=int, default=1000, help="rounds per batch")
+    racing.add_argument(
+        "--calls-per-round", type=int, default=50, help="each caller's calls in a round"
+    )
     verb("kvm-leg", cmd_kvm_leg, "print the KVM leg's ACCEL: kvm or nested-kvm")
     bench = verb("bench-boot", cmd_bench_boot, "boot-to-SSH against kernel-to-init")
     bench.add_argument("--runs", type=int, default=5)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from orchestrator.errors import HarnessError
 from orchestrator.ssh import CommandResult
@@ -39,6 +40,20 @@ class GuestShell(Protocol):
     commands_log: Path
 
     def run(self, command: str, timeout: float = ..., check: bool = ...) -> CommandResult: ...
+
+
+class LineServer(Protocol):
+    """orchestrator.ssh.GuestServer: a line of reply per line of request."""
+
+    def requests(self, lines: Sequence[str], timeout: float) -> list[str]: ...
+
+
+class ServingGuest(GuestShell, Protocol):
+    """A guest that also keeps a command running to talk to (ssh.Guest)."""
+
+    def server(self, command: str) -> LineServer: ...
+
+    def record(self, result: CommandResult) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -327,13 +342,52 @@ class Probe:
         self.binary = binary
         self.timeout = timeout
 
+    def _serving(self) -> ServingGuest | None:
+        """The guest, when it can keep `hvprobe serve` running for us."""
+        if hasattr(self.guest, "server") and hasattr(self.guest, "record"):
+            return cast(ServingGuest, self.guest)
+        return None
+
+    def _served(self, requests: Sequence[Sequence[str]]) -> list[CommandResult] | None:
+        """`requests` through the guest's one `hvprobe serve`, pipelined: no
+        process and no SSH round trip per call. None where that cannot be
+        (a guest without servers, or a word a line cannot carry)."""
+        guest = self._serving()
+        if guest is None or any(not word or " " in word for args in requests for word in args):
+            return None
+        lines = [" ".join(args) for args in requests]
+        start = time.monotonic()
+        replies = guest.server(f"{self.binary} serve").requests(lines, self.timeout)
+        seconds = (time.monotonic() - start) / len(lines)
+        results = []
+        for line, reply in zip(lines, replies, strict=True):
+            try:
+                envelope = json.loads(reply)
+                rc, out = int(envelope["rc"]), json.dumps(envelope["reply"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                rc, out = -1, reply
+            result = CommandResult(f"{self.binary} {line}", rc, out, "", seconds)
+            guest.record(result)
+            results.append(result)
+        return results
+
+    def _run_all(self, requests: Sequence[Sequence[str]]) -> list[CommandResult]:
+        """Each request's result, in order; a missing module is loaded and
+        the requests made again."""
+        for attempt in range(2):
+            results = self._served(requests)
+            if results is None:
+                results = [
+                    self.guest.run(shlex.join([self.binary, *args]), timeout=self.timeout)
+                    for args in requests
+                ]
+            if attempt or all(result.rc != EXIT_NO_MODULE for result in results):
+                break
+            self.load()
+        return results
+
     def _run(self, args: Sequence[str]) -> CommandResult:
-        command = shlex.join([self.binary, *args])
-        result = self.guest.run(command, timeout=self.timeout)
-        if result.rc != EXIT_NO_MODULE:
-            return result
-        self.load()
-        return self.guest.run(command, timeout=self.timeout)
+        return self._run_all([args])[0]
 
     def call(self, *args: str | int) -> dict[str, Any]:
         """Runs `hvprobe ARGS...`, returns its JSON object; HarnessError if it failed."""
@@ -363,27 +417,22 @@ class Probe:
         Under TCG a round trip costs far more than a call, so tests that read
         several things at once (a SIEF slot and interrupt counts) batch them.
         """
-        commands = [shlex.join([self.binary, *(str(a) for a in args)]) for args in calls]
-        result = self._run_shell("; ".join(commands))
+        results = self._run_all([[str(a) for a in args] for args in calls])
         replies = []
-        for line in result.out.splitlines():
+        for result in results:
             try:
-                replies.append(json.loads(line))
+                replies.append(json.loads(result.out))
             except json.JSONDecodeError:
                 continue
-        if len(replies) != len(calls) or any("error" in r for r in replies):
+        if len(replies) != len(calls) or any(
+            not isinstance(r, dict) or "error" in r for r in replies
+        ):
+            failed = next((r.out for r in results if r.rc), results[-1].out if results else "")
             raise HarnessError(
-                f"hvprobe batch of {len(calls)} calls failed: {result.out.strip()[:200]}",
+                f"hvprobe batch of {len(calls)} calls failed: {failed.strip()[:200]}",
                 self.guest.commands_log,
             )
         return replies
-
-    def _run_shell(self, command: str) -> CommandResult:
-        result = self.guest.run(command, timeout=self.timeout)
-        if result.rc != EXIT_NO_MODULE:
-            return result
-        self.load()
-        return self.guest.run(command, timeout=self.timeout)
 
     def _parsed(self, parse: Callable[[dict[str, Any]], T], *args: str | int) -> T:
         reply = self.call(*args)
@@ -492,6 +541,7 @@ class Probe:
         rounds: int,
         newly_output: bool = False,
         neighbour: bool = False,
+        calls_per_round: int = 1,
     ) -> RaceResult:
         """`args`' call (memory form) made by every CPU of `cpus` at once,
         `rounds` times; between rounds the module waits for the interrupt on
@@ -500,11 +550,14 @@ class Probe:
         round without exactly one NewlySignaled=1 is a bad round. With
         `neighbour` the target, which must not be among `cpus`, sets and clears
         bit `flag` ^ 1 of the same word atomically while the calls run, and
-        counts the times the bit was not as it left it."""
+        counts the times the bit was not as it left it. With `calls_per_round`
+        each caller makes that many calls back to back in a round: the flag is
+        still set once, so a round still owes one NewlySignaled and one
+        interrupt."""
         argv = [
             "--cpus", ",".join(str(cpu) for cpu in cpus), "--cpu", target, "--sint", sint,
             "--flag", flag, "--vector", vector, "--control", hex(args.control),
-            "--insn", args.insn, "--rounds", rounds,
+            "--insn", args.insn, "--rounds", rounds, "--calls-per-round", calls_per_round,
         ]  # fmt: skip
         if args.input:
             argv += ["--input", args.input.hex()]

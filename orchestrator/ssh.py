@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,56 @@ def load_public_key(path: Path) -> paramiko.PKey:
     return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
 
 
+class GuestServer:
+    """A command left running in the guest that answers each line of its
+    standard input with a line of standard output (`hvprobe serve`): one SSH
+    channel for any number of requests. Requests are taken one at a time."""
+
+    def __init__(self, client: paramiko.SSHClient, command: str, commands_log: Path) -> None:
+        self.command = command
+        self.commands_log = commands_log
+        stdin, stdout, _ = client.exec_command(command)
+        self._stdin = stdin
+        self._stdout = stdout
+        self._channel = stdout.channel
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> bool:
+        return not self._channel.closed and not self._channel.exit_status_ready()
+
+    def requests(self, lines: Sequence[str], timeout: float) -> list[str]:
+        """Sends every line, then reads a reply per line (pipelined). A server
+        that fails or falls silent is closed: its next reply could belong to
+        an earlier request."""
+        with self._lock:
+            try:
+                self._channel.settimeout(timeout)
+                self._stdin.write("".join(line + "\n" for line in lines))
+                self._stdin.flush()
+                replies = []
+                for _ in lines:
+                    reply = self._stdout.readline()
+                    if not reply:
+                        raise EOFError(f"{self.command} ended")
+                    replies.append(reply.decode() if isinstance(reply, bytes) else reply)
+                return replies
+            except TimeoutError:
+                self.close()
+                raise HarnessError(
+                    f"{self.command} gave no answer within {timeout:.0f}s to: {lines[-1]}",
+                    self.commands_log,
+                ) from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                self.close()
+                raise HarnessError(
+                    f"SSH failed talking to {self.command}: {exc}", self.commands_log
+                ) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 class Guest:
     """A root shell on the guest; every command is appended to `commands_log`."""
 
@@ -72,6 +123,7 @@ class Guest:
         self.commands_log = commands_log
         self._log_hint = log_hint
         self._client: paramiko.SSHClient | None = None
+        self._servers: dict[str, GuestServer] = {}
 
     def wait_ready(
         self,
@@ -162,6 +214,24 @@ class Guest:
             )
         return result
 
+    def server(self, command: str) -> GuestServer:
+        """The guest's running `command`, shared by every caller on this
+        connection; started on first use, and again if it ended."""
+        server = self._servers.get(command)
+        if server is None or not server.open:
+            try:
+                server = GuestServer(self.client, command, self.commands_log)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HarnessError(
+                    f"SSH failed starting {command!r}: {exc}", self.commands_log
+                ) from None
+            self._servers[command] = server
+        return server
+
+    def record(self, result: CommandResult) -> None:
+        """Adds what a command did to the commands log, as run() does."""
+        self._record(result)
+
     def _record(self, result: CommandResult) -> None:
         with self.commands_log.open("a") as log:
             log.write(f"$ {result.command}\n# rc={result.rc} in {result.seconds:.3f}s\n")
@@ -186,6 +256,9 @@ class Guest:
         self._record(CommandResult(f"get {remote} -> {local}", 0, "", "", 0.0))
 
     def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -4,12 +4,13 @@ batches of rounds the target masks its SINT or turns SCONTROL off, and then
 every call must fail and nothing be set or delivered.
 
 A batch is one `hvprobe race` run: the module releases the callers together
-each round, the target meanwhile sets and clears the flag's neighbour bit in
-the same word, and after the round the first caller clears the flag and waits
-for its interrupt. In an enabled batch every round must then show exactly one
-clear-to-set transition (the flag found set), one interrupt, and, for
-SignalEventDirect, exactly one NewlySignaled=1 answer: a lost signal shows as
-a missing flag or interrupt, a doubled one as a second NewlySignaled or an
+each round, each makes its calls back to back, the target meanwhile sets and
+clears the flag's neighbour bit in the same word, and after the round the
+first caller clears the flag and waits for its interrupt. In an enabled
+batch every round must then show exactly one clear-to-set transition (the
+flag found set), one interrupt, and, for SignalEventDirect, exactly one
+NewlySignaled=1 answer: a lost signal shows as a missing flag or interrupt,
+a doubled one as a second NewlySignaled or an
 extra interrupt."""
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Batch:
     state: TargetState
     rounds: int
     callers: int
+    calls_per_round: int
     result: RaceResult
 
     @property
@@ -74,8 +76,11 @@ class Batch:
         """How this batch differs from what its state requires; empty if not."""
         r = self.result
         found: list[str] = []
-        if r.calls != self.rounds * self.callers:
-            found.append(f"{r.calls} calls, not {self.rounds} x {self.callers}")
+        if r.calls != self.rounds * self.callers * self.calls_per_round:
+            found.append(
+                f"{r.calls} calls, not {self.rounds} rounds x {self.callers} callers x "
+                f"{self.calls_per_round}"
+            )
         if self.enabled:
             if (r.errors, r.first_error) != (0, 0):
                 found.append(f"{r.errors} calls failed, first with {r.first_error:#x}")
@@ -179,6 +184,7 @@ def run_batches(
     vm: Vm,
     signals: int,
     rounds: int,
+    calls_per_round: int = 1,
     kinds: tuple[CallKind, ...] = ("direct", "port"),
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> StressReport:
@@ -201,8 +207,9 @@ def run_batches(
                 result = probe.race(
                     _call(kind, target), cpus=callers, target=target, sint=SINT, flag=FLAG,
                     vector=VECTOR, rounds=rounds, newly_output=kind == "direct", neighbour=True,
+                    calls_per_round=calls_per_round,
                 )  # fmt: skip
-            batches.append(Batch(kind, state, rounds, len(callers), result))
+            batches.append(Batch(kind, state, rounds, len(callers), calls_per_round, result))
             if state == "enabled":
                 enabled_signals += result.calls
             progress(min(enabled_signals, signals), signals)

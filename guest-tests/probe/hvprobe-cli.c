@@ -54,7 +54,10 @@ static const char *const usage_text =
 	"  outl [--cpu N] PORT VALUE\n"
 	"  inl [--cpu N] PORT\n"
 	"  race --cpus N,N... --cpu TARGET --sint S --flag F --vector V --control C\n"
-	"       [--input HEX] [--insn vmcall|vmmcall|page|native] [--rounds N] [--newly-output] [--neighbour]\n";
+	"       [--input HEX] [--insn vmcall|vmmcall|page|native] [--rounds N] [--calls-per-round N]\n"
+	"       [--newly-output] [--neighbour]\n"
+	"  serve   (commands as above, one per line of standard input; a line\n"
+	"           {\"rc\": STATUS, \"reply\": OBJECT} each on standard output)\n";
 
 /* Output. */
 
@@ -113,10 +116,14 @@ static int usage_error(const char *what)
 	return fail(EXIT_USAGE, "%s", what);
 }
 
+/* Whether requests come from standard input (serve), which has no one to read usage */
+static bool serving;
+
 /* No command, or one it does not know: the full usage goes to stderr too. */
 static int command_error(const char *what)
 {
-	fputs(usage_text, stderr);
+	if (!serving)
+		fputs(usage_text, stderr);
 	return usage_error(what);
 }
 
@@ -192,7 +199,7 @@ struct opts {
 	bool has_raw, has_control, has_in_gpa, has_out_gpa;
 	uint64_t raw, control, in_gpa, out_gpa;
 	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
-	uint32_t cpus, rounds, flag;
+	uint32_t cpus, rounds, calls_per_round, flag;
 	bool has_cpus, has_flag, newly_output, neighbour;
 	uint8_t input[HVPROBE_IO_MAX];
 	int input_len;
@@ -208,7 +215,7 @@ enum {
 	OPT_POLLING, OPT_CLEAR, OPT_FAST, OPT_USER, OPT_NO_SCONTROL, OPT_NO_SIEF,
 	OPT_NO_SIM, OPT_RAW, OPT_CONTROL, OPT_IN_GPA, OPT_OUT_GPA, OPT_IN_OFFSET,
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
-	OPT_REPEAT, OPT_IN_SERVICE, OPT_CPUS, OPT_ROUNDS, OPT_FLAG,
+	OPT_REPEAT, OPT_IN_SERVICE, OPT_CPUS, OPT_ROUNDS, OPT_CALLS_PER_ROUND, OPT_FLAG,
 	OPT_NEWLY_OUTPUT,
 	OPT_NEIGHBOUR,
 };
@@ -242,6 +249,7 @@ static const struct option long_options[] = {
 	{ "in-service", no_argument, NULL, OPT_IN_SERVICE },
 	{ "cpus", required_argument, NULL, OPT_CPUS },
 	{ "rounds", required_argument, NULL, OPT_ROUNDS },
+	{ "calls-per-round", required_argument, NULL, OPT_CALLS_PER_ROUND },
 	{ "flag", required_argument, NULL, OPT_FLAG },
 	{ "newly-output", no_argument, NULL, OPT_NEWLY_OUTPUT },
 	{ "neighbour", no_argument, NULL, OPT_NEIGHBOUR },
@@ -369,6 +377,9 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 		return (o->has_cpus = parse_cpu_list(arg, &o->cpus));
 	case OPT_ROUNDS:
 		return parse_u32(arg, HVPROBE_RACE_ROUNDS_MAX, &o->rounds) && o->rounds > 0;
+	case OPT_CALLS_PER_ROUND:
+		return parse_u32(arg, HVPROBE_RACE_CALLS_MAX, &o->calls_per_round) &&
+		       o->calls_per_round > 0;
 	case OPT_FLAG:
 		return (o->has_flag = parse_u32(arg, SIEF_FLAGS_PER_SLOT - 1, &o->flag));
 	case OPT_INPUT:
@@ -411,13 +422,21 @@ static int parse_options(int argc, char **argv, struct opts *o)
 
 /* The device. */
 
+static int device = -1;
+
 static int device_fd(void)
 {
-	static int fd = -1;
+	if (device < 0)
+		device = open(HVPROBE_DEVICE, O_RDWR | O_CLOEXEC);
+	return device;
+}
 
-	if (fd < 0)
-		fd = open(HVPROBE_DEVICE, O_RDWR | O_CLOEXEC);
-	return fd;
+/* serve closes it after each command, so the module can be unloaded between */
+static void device_close(void)
+{
+	if (device >= 0)
+		close(device);
+	device = -1;
 }
 
 /* What the module means by each error it returns. */
@@ -1040,6 +1059,10 @@ static int hcall_user(const struct opts *o)
 		r.trap = 13;
 		r.signal = "SIGSEGV";
 	}
+	/* A fault after this, in serve, must not jump back here */
+	action.sa_handler = SIG_DFL;
+	sigaction(SIGILL, &action, NULL);
+	sigaction(SIGSEGV, &action, NULL);
 	print_hcall(o, &r);
 	return 0;
 }
@@ -1097,6 +1120,7 @@ static int cmd_race(struct opts *o)
 	memset(&r, 0, sizeof(r));
 	r.cpus = o->cpus;
 	r.rounds = o->rounds;
+	r.calls_per_round = o->calls_per_round;
 	r.target_cpu = o->cpu;
 	r.sint = o->sint;
 	r.flag = o->flag;
@@ -1144,7 +1168,7 @@ static const struct command commands[] = {
 	{ "race", cmd_race },
 };
 
-int main(int argc, char **argv)
+static int run_command(int argc, char **argv)
 {
 	struct opts o;
 	size_t i;
@@ -1159,4 +1183,75 @@ int main(int argc, char **argv)
 		return rc ? rc : commands[i].run(&o);
 	}
 	return command_error("unknown command");
+}
+
+#define SERVE_LINE_MAX	(64 * 1024)
+#define SERVE_WORDS_MAX	128
+
+/* One request: its words, split at blanks, run as a command line would be */
+static int serve_line(char *line)
+{
+	char *words[SERVE_WORDS_MAX + 2], *save = NULL, *word;
+	int argc = 1;
+
+	words[0] = "hvprobe";
+	for (word = strtok_r(line, " \t\n", &save); word;
+	     word = strtok_r(NULL, " \t\n", &save)) {
+		if (argc > SERVE_WORDS_MAX)
+			return usage_error("too many words in the request");
+		words[argc++] = word;
+	}
+	words[argc] = NULL;
+	return run_command(argc, words);
+}
+
+/*
+ * A command per line of standard input, and per command one line of standard
+ * output, {"rc": STATUS, "reply": OBJECT}, flushed: a caller then pays for one
+ * process and one SSH channel, not one of each per call. Each command runs as
+ * from a fresh process would: on the CPUs the server started with, with the
+ * device opened for it alone.
+ */
+static int serve(void)
+{
+	static char line[SERVE_LINE_MAX];
+	FILE *out = stdout;
+	cpu_set_t cpus;
+	bool pinned = !sched_getaffinity(0, sizeof(cpus), &cpus);
+
+	serving = true;
+	while (fgets(line, sizeof(line), stdin)) {
+		bool whole = strchr(line, '\n') || feof(stdin);
+		char *reply = NULL;
+		size_t reply_len = 0;
+		int rc, c;
+
+		stdout = open_memstream(&reply, &reply_len);
+		if (!stdout) {
+			stdout = out;
+			return fail(EXIT_FAILURE, "serve: %s", strerror(errno));
+		}
+		rc = whole ? serve_line(line) : usage_error("request line too long");
+		fclose(stdout);
+		stdout = out;
+		if (!whole)
+			while ((c = getchar()) != EOF && c != '\n')
+				;
+		while (reply_len && reply[reply_len - 1] == '\n')
+			reply[--reply_len] = '\0';
+		printf("{\"rc\": %d, \"reply\": %s}\n", rc, reply_len ? reply : "null");
+		fflush(stdout);
+		free(reply);
+		device_close();
+		if (pinned)
+			sched_setaffinity(0, sizeof(cpus), &cpus);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 2 && !strcmp(argv[1], "serve"))
+		return serve();
+	return run_command(argc, argv);
 }

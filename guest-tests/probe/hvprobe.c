@@ -659,10 +659,12 @@ struct hvprobe_race_run {
 	unsigned int parties;
 	u32 cpu[HVPROBE_RACE_CPUS];
 	u32 newly[HVPROBE_RACE_CPUS];	/* this round's answers */
-	u32 status[HVPROBE_RACE_CPUS];	/* and statuses (0x10000 + vector: a fault) */
+	u32 status[HVPROBE_RACE_CPUS];	/* and first failing statuses (0x10000 + vector: a fault) */
+	u32 errors[HVPROBE_RACE_CPUS];	/* and how many of the calls failed */
 	u64 irq_base;
 	u32 rounds_signalled;		/* rounds in which a call newly set the flag */
 	unsigned int callers;		/* parties that call; a toggler comes after them */
+	unsigned int calls_per_round;	/* each caller's, back to back */
 	atomic_t callers_done;		/* this round's callers whose call returned */
 	struct completion done[HVPROBE_RACE_CPUS];
 };
@@ -699,8 +701,9 @@ static void hvprobe_race_settle(struct hvprobe_race_run *run)
 	atomic_set(&run->callers_done, 0);
 	for (i = 0; i < run->callers; i++) {
 		newly += run->newly[i];
-		if (run->status[i] && !r->errors++)
+		if (run->errors[i] && !r->errors)
 			r->first_error = run->status[i];
+		r->errors += run->errors[i];
 	}
 	r->newly += newly;
 	if ((r->flags & HVPROBE_RACE_NEWLY_OUTPUT) && newly != 1)
@@ -751,11 +754,12 @@ static int hvprobe_race_fn(void *arg)
 	struct hvprobe_race_party *party = arg;
 	struct hvprobe_race_run *run = party->run;
 	struct hvprobe_race *r = run->r;
-	unsigned int i = party->index, round;
+	unsigned int i = party->index, round, call;
 	struct hvprobe_cpu *pc = &hvprobe_cpus[run->cpu[i]];
 	u8 *buf = page_address(pc->buffer);
 	u64 gpa = page_to_phys(pc->buffer);
 	struct hvprobe_regs regs;
+	u32 status;
 	int trap;
 
 	if (i == run->callers) {
@@ -771,16 +775,24 @@ static int hvprobe_race_fn(void *arg)
 	memset(buf, 0, HVPROBE_PAGE_BYTES);
 	memcpy(buf, r->input, r->in_len);
 	for (round = 0; round < r->rounds; round++) {
-		buf[HVPROBE_RACE_OUT_OFFSET] = 0;
-		regs = (struct hvprobe_regs) {
-			.rcx = r->control,
-			.rdx = gpa,
-			.r8 = gpa + HVPROBE_RACE_OUT_OFFSET,
-		};
 		hvprobe_race_barrier(run);
-		trap = hvprobe_issue_insn(r->insn, &regs, run->page);
-		run->status[i] = trap >= 0 ? 0x10000 + trap : regs.rax & 0xffff;
-		run->newly[i] = !run->status[i] && buf[HVPROBE_RACE_OUT_OFFSET] == 1;
+		run->status[i] = 0;
+		run->errors[i] = 0;
+		run->newly[i] = 0;
+		/* A round's calls back to back: still one flag, so one NewlySignaled */
+		for (call = 0; call < run->calls_per_round; call++) {
+			buf[HVPROBE_RACE_OUT_OFFSET] = 0;
+			regs = (struct hvprobe_regs) {
+				.rcx = r->control,
+				.rdx = gpa,
+				.r8 = gpa + HVPROBE_RACE_OUT_OFFSET,
+			};
+			trap = hvprobe_issue_insn(r->insn, &regs, run->page);
+			status = trap >= 0 ? 0x10000 + trap : regs.rax & 0xffff;
+			if (status && !run->errors[i]++)
+				run->status[i] = status;
+			run->newly[i] += !status && buf[HVPROBE_RACE_OUT_OFFSET] == 1;
+		}
 		atomic_inc(&run->callers_done);
 		hvprobe_race_barrier(run);
 		if (i == 0)
@@ -800,6 +812,7 @@ static int hvprobe_race_check(const struct hvprobe_race *r, struct hvprobe_race_
 	    r->flag >= HVPROBE_SLOT_BYTES * 8 || r->vector >= HVPROBE_VECTORS ||
 	    r->insn > HVPROBE_INSN_PAGE ||
 	    r->flags & ~(HVPROBE_RACE_NEWLY_OUTPUT | HVPROBE_RACE_NEIGHBOUR) || !r->cpus ||
+	    r->calls_per_round > HVPROBE_RACE_CALLS_MAX ||
 	    r->target_cpu >= 32 || hvprobe_check_cpu(r->target_cpu))
 		return -EINVAL;
 	for (cpu = 0; cpu < 32; cpu++) {
@@ -810,6 +823,7 @@ static int hvprobe_race_check(const struct hvprobe_race *r, struct hvprobe_race_
 		run->cpu[run->parties++] = cpu;
 	}
 	run->callers = run->parties;
+	run->calls_per_round = max(r->calls_per_round, 1U);
 	if (r->flags & HVPROBE_RACE_NEIGHBOUR) {
 		/* The toggler runs on the target, which then makes no call */
 		if (r->cpus & BIT(r->target_cpu) || run->parties == HVPROBE_RACE_CPUS)
@@ -876,7 +890,7 @@ static int hvprobe_race(struct hvprobe_race *r)
 		wake_up_process(tasks[i]);
 	for (i = 0; i < run->parties; i++)
 		wait_for_completion(&run->done[i]);
-	r->calls = r->rounds * run->callers;
+	r->calls = r->rounds * run->callers * run->calls_per_round;
 	r->irqs = hvprobe_race_irqs(run) - run->irq_base;
 out_unlock:
 	for (i = 0; i < 32; i++)

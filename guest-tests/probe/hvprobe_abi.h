@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HVPROBE_ABI_VERSION	5
+#define HVPROBE_ABI_VERSION	6
 #define HVPROBE_DEVICE		"/dev/hvprobe"
 
 #define HVPROBE_PAGE_BYTES	4096
@@ -198,6 +198,7 @@ struct hvprobe_hypercall {
  */
 #define HVPROBE_RACE_CPUS	8
 #define HVPROBE_RACE_ROUNDS_MAX	5000
+#define HVPROBE_RACE_CALLS_MAX	1000	/* calls per caller per round */
 /* The call writes NewlySignaled (a byte) at its output: one per round is due */
 #define HVPROBE_RACE_NEWLY_OUTPUT	(1U << 0)
 #define HVPROBE_RACE_NEIGHBOUR		(1U << 1)	/* target CPU toggles flag ^ 1 meanwhile */
@@ -212,7 +213,7 @@ struct hvprobe_race {
 	__u32 insn;			/* in: HVPROBE_INSN_* */
 	__u32 in_len;			/* in: <= HVPROBE_IO_MAX */
 	__u32 flags;			/* in: HVPROBE_RACE_* */
-	__u32 pad;
+	__u32 calls_per_round;		/* in: each caller's calls, back to back; 0 means 1 */
 	__u64 control;			/* in: RCX, memory form */
 	__u8 input[HVPROBE_IO_MAX];	/* in */
 	__u32 calls;			/* out: calls made */
