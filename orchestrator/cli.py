@@ -398,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_HARNESS
+    except OSError as exc:
+        # A full or read-only cache (logs included), most often
+        where = exc.filename or f"the cache, {cache_dir()}"
+        print(f"error: {exc.strerror or exc} writing {where}", file=sys.stderr)
+        return EXIT_HARNESS
     except KeyboardInterrupt:
         print("interrupted; guest stopped", file=sys.stderr)
         return 130

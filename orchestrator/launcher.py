@@ -64,7 +64,9 @@ class Launcher(Protocol):
         """Starts QEMU and connects QMP; returns when (monotonic) the guest started."""
         ...
 
-    def check_alive(self) -> None: ...
+    def check_alive(self, what: str = "before the guest was ready") -> None:
+        """Raises, saying QEMU ended `what`, if it has."""
+        ...
 
     def stop(self) -> None: ...
 
@@ -124,9 +126,9 @@ class DirectLauncher:
                     raise
         raise AssertionError("unreachable")
 
-    def check_alive(self) -> None:
+    def check_alive(self, what: str = "before the guest was ready") -> None:
         if self._process is not None:
-            self._process.check_running("before the guest was ready")
+            self._process.check_running(what)
 
     def stop(self) -> None:
         if self.qmp is not None:

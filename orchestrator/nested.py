@@ -261,7 +261,7 @@ class NestedLauncher:
             return False
         return self.host_guest.run(f"kill -0 {self._inner_pid}", timeout=30).rc == 0
 
-    def check_alive(self) -> None:
+    def check_alive(self, what: str = "before the guest was ready") -> None:
         self._host_alive()
         if self._inner_pid is None or time.monotonic() - self._last_check < ALIVE_EVERY:
             return
@@ -271,7 +271,7 @@ class NestedLauncher:
             self._copy_inner_log()
             last = _last_line(self.ctx.logs.qemu)
             raise HarnessError(
-                f"QEMU in the KVM host guest exited before the guest was ready: {last}",
+                f"QEMU in the KVM host guest exited {what}: {last}",
                 self.ctx.logs.qemu,
             )
 

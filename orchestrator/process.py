@@ -69,6 +69,11 @@ class QemuProcess:
     def check_running(self, what: str) -> None:
         """Raises with QEMU's last words if it has exited."""
         code = self.exit_code()
+        if code is not None and code < 0:
+            raise HarnessError(
+                f"QEMU was killed by {signal.Signals(-code).name} {what}: {self.last_line()}",
+                self.log,
+            )
         if code is not None:
             raise HarnessError(
                 f"QEMU exited with status {code} {what}: {self.last_line()}", self.log

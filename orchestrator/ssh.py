@@ -59,9 +59,16 @@ class GuestServer:
     standard input with a line of standard output (`hvprobe serve`): one SSH
     channel for any number of requests. Requests are taken one at a time."""
 
-    def __init__(self, client: paramiko.SSHClient, command: str, commands_log: Path) -> None:
+    def __init__(
+        self,
+        client: paramiko.SSHClient,
+        command: str,
+        commands_log: Path,
+        explain_failure: Callable[[], None] = lambda: None,
+    ) -> None:
         self.command = command
         self.commands_log = commands_log
+        self._explain_failure = explain_failure
         stdin, stdout, _ = client.exec_command(command)
         self._stdin = stdin
         self._stdout = stdout
@@ -90,12 +97,14 @@ class GuestServer:
                 return replies
             except TimeoutError:
                 self.close()
+                self._explain_failure()
                 raise HarnessError(
                     f"{self.command} gave no answer within {timeout:.0f}s to: {lines[-1]}",
                     self.commands_log,
                 ) from None
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 self.close()
+                self._explain_failure()
                 raise HarnessError(
                     f"SSH failed talking to {self.command}: {exc}", self.commands_log
                 ) from None
@@ -115,8 +124,12 @@ class Guest:
         host_key_pub: Path,
         commands_log: Path,
         log_hint: Path,
+        explain_failure: Callable[[], None] = lambda: None,
     ) -> None:
+        """`explain_failure` is called when SSH fails, to raise the cause
+        instead when there is a better one (QEMU gone, a guest panic)."""
         self.host = host
+        self.explain_failure = explain_failure
         self.port = port
         self.key = key
         self._pinned = load_public_key(host_key_pub)
@@ -199,10 +212,12 @@ class Guest:
             err = stderr.read().decode(errors="replace")
             rc = stdout.channel.recv_exit_status()
         except TimeoutError:
+            self.explain_failure()
             raise HarnessError(
                 f"guest command timed out after {timeout:.0f}s: {command}", self.commands_log
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.explain_failure()
             raise HarnessError(
                 f"SSH failed running {command!r}: {exc}", self.commands_log
             ) from None
@@ -220,8 +235,9 @@ class Guest:
         server = self._servers.get(command)
         if server is None or not server.open:
             try:
-                server = GuestServer(self.client, command, self.commands_log)
+                server = GuestServer(self.client, command, self.commands_log, self.explain_failure)
             except (paramiko.SSHException, OSError, EOFError) as exc:
+                self.explain_failure()
                 raise HarnessError(
                     f"SSH failed starting {command!r}: {exc}", self.commands_log
                 ) from None

@@ -23,6 +23,9 @@ from orchestrator.vmlogs import VmLogs
 
 __all__ = ["Vm", "VmLogs", "free_port"]
 
+# How long an SSH failure waits to see whether QEMU is ending
+EXIT_GRACE = 1.0
+
 
 def make_launcher(ctx: LaunchContext) -> Launcher:
     """Tests see one kind of VM: the accelerator picks how its QEMU starts."""
@@ -94,6 +97,11 @@ class Vm:
         return HostPorts(self.qmp)
 
     @property
+    def runtime(self) -> Path | None:
+        """The private directory of the running QEMU (its QMP socket)."""
+        return self._runtime
+
+    @property
     def pid(self) -> int | None:
         return self._launcher.pid if self._launcher else None
 
@@ -135,6 +143,7 @@ class Vm:
                 self.image.host_key_pub,
                 self.logs.commands,
                 self.logs.serial,
+                explain_failure=self.explain_failure,
             )
             if self.incoming:
                 return
@@ -151,6 +160,18 @@ class Vm:
     def _check_alive(self) -> None:
         if self._launcher is not None:
             self._launcher.check_alive()
+        self._console.check_panic()
+
+    def explain_failure(self) -> None:
+        """When the guest stopped answering: raises the cause, QEMU gone or
+        the guest's kernel panicked, if it is one of those."""
+        # A QEMU being killed closes its sockets before it can be reaped
+        deadline = time.monotonic() + EXIT_GRACE
+        while self._launcher is not None:
+            self._launcher.check_alive("while the guest was in use")
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         self._console.check_panic()
 
     def reboot(self, guest_command: str | None = None) -> None:
