@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.probe import Probe
+from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.accel("tcg")]
@@ -32,7 +33,7 @@ def hypervisor_vendor(vm: Vm) -> str:
 def test_windows_style_hv_flags_without_opt_in_start_and_change_nothing(fresh_vm: Vm) -> None:
     # As before the series: TCG's own signature, no Hyper-V leaves, no SynIC.
     assert hypervisor_vendor(fresh_vm) == "TCGTCGTCGTCG"
-    assert fresh_vm.synic.state() == {}
+    assert HostSynic(fresh_vm.qmp).state() == {}
     assert "Hyper-V" not in fresh_vm.guest.run("dmesg").out
     assert "warning" not in fresh_vm.logs.qemu.read_text()
 
@@ -49,7 +50,7 @@ NOT_UNDER_TCG = ("hv-tlbflush", "hv-ipi", "hv-crash", "hv-reenlightenment")
 @pytest.mark.vm_options(cpu=f"max,x-hv-tcg=on,{WINDOWS_DEFAULTS},{','.join(NOT_UNDER_TCG)}")
 def test_opt_in_ignores_what_tcg_lacks_with_one_warning(fresh_vm: Vm) -> None:
     assert hypervisor_vendor(fresh_vm) == "Microsoft Hv"
-    assert sorted(fresh_vm.synic.state()) == [0, 1]
+    assert sorted(HostSynic(fresh_vm.qmp).state()) == [0, 1]
     warnings = [line for line in fresh_vm.logs.qemu.read_text().splitlines() if "warning" in line]
     assert len(warnings) == 1, warnings
     for ignored in NOT_UNDER_TCG:

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.demo import ERROR_CASES, Demo
 from orchestrator.expect import direct_reaches_qemu
+from orchestrator.ports import HostPorts
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm
@@ -38,7 +39,7 @@ def test_demo_shows_new_then_set_then_new_again_a_port_signal_and_every_error_ro
     assert any("sets SIEF bit 100 + 5 = 105" in line for line in lines), lines
     assert table["first signal"] == ["SUCCESS", "-", "set", "set", "+1"]
     assert table["second signal (already set)"] == ["SUCCESS", "-", "set", "set", "+0"]
-    assert hv_vm.ports.table().ports == {}, "the demo removes its port"
+    assert HostPorts(hv_vm.qmp).table().ports == {}, "the demo removes its port"
     for case in ERROR_CASES:
         row = table[case.row_id]
         assert row[-1] == "ok", f"{case.row_id}: {row}"

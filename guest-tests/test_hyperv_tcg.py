@@ -17,6 +17,7 @@ from orchestrator.hvdefs import (
     Msr,
 )
 from orchestrator.probe import Insn, Probe
+from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm
@@ -220,7 +221,7 @@ def test_system_reset_puts_the_synic_msrs_back(fresh_vm: Vm) -> None:
     probe = Probe(fresh_vm.guest)
     assert_synic_msrs_at_reset_values(probe, range(fresh_vm.options.cpus))
     # The host agrees: every SINT masked, nothing enabled, no overlay mapped.
-    for vp, info in fresh_vm.synic.state().items():
+    for vp, info in HostSynic(fresh_vm.qmp).state().items():
         assert (info.scontrol, info.siefp, info.simp) == (0, 0, 0), vp
         assert info.sints == (SINT_MASKED,) * 16, vp
         assert not info.sief_mapped and not info.sim_mapped, vp
@@ -232,22 +233,22 @@ def test_host_and_guest_agree_on_the_synic(hv_vm: Vm, probe: Probe) -> None:
     state = probe.synic_setup(1)
     probe.sint(1, 7, 0xE7, polling=True)
     try:
-        host = hv_vm.synic.state()[1]
+        host = HostSynic(hv_vm.qmp).state()[1]
         assert host.scontrol == probe.rdmsr(SCONTROL, cpu=1).value == 1
         assert host.siefp == probe.rdmsr(SIEFP, cpu=1).value == state.sief_gpa | 1
         assert host.simp == probe.rdmsr(SIMP, cpu=1).value == state.sim_gpa | 1
         assert host.sints[7] == probe.rdmsr(SINT0 + 7, cpu=1).value == (1 << 18) | 0xE7
         assert host.sief_mapped and host.sim_mapped
-        assert not hv_vm.synic.state()[0].sief_mapped
+        assert not HostSynic(hv_vm.qmp).state()[0].sief_mapped
     finally:
         probe.sint(1, 7, 0xE7, masked=True)
         probe.synic_teardown(1)
-    after = hv_vm.synic.state()[1]
+    after = HostSynic(hv_vm.qmp).state()[1]
     assert (after.scontrol, after.sief_mapped, after.sim_mapped) == (0, False, False)
 
 
 def test_a_guest_without_hv_synic_has_no_synic_for_the_host(vm: Vm) -> None:
-    assert vm.synic.state() == {}
+    assert HostSynic(vm.qmp).state() == {}
 
 
 @pytest.mark.hyperv

@@ -19,12 +19,12 @@ import pytest
 from orchestrator.contract import HvStatus
 from orchestrator.migration import load_from_file, migrate_live, save_to_file
 from orchestrator.polling import eventually
-from orchestrator.ports import Port, PortTable
+from orchestrator.ports import HostPorts, Port, PortTable
 from orchestrator.post_message import message_call
 from orchestrator.probe import Probe, SimMessage, slot_flags
 from orchestrator.signal_direct import direct_call, newly_signaled
 from orchestrator.signal_event import event_call
-from orchestrator.synic import SynicInfo
+from orchestrator.synic import HostSynic, SynicInfo
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
 
@@ -53,7 +53,7 @@ class Saved:
 
 
 def sief_flags(vm: Vm) -> frozenset[int]:
-    return vm.synic.sief(TARGET).get(SINT, frozenset())
+    return HostSynic(vm.qmp).sief(TARGET).get(SINT, frozenset())
 
 
 def arrange(vm: Vm) -> Saved:
@@ -62,8 +62,8 @@ def arrange(vm: Vm) -> Saved:
     probe = Probe(vm.guest)
     probe.synic_setup(TARGET)
     probe.sint(TARGET, SINT, VECTOR)
-    vm.ports.create(PORT)
-    vm.ports.connect(CONN, PORT.port_id)
+    HostPorts(vm.qmp).create(PORT)
+    HostPorts(vm.qmp).connect(CONN, PORT.port_id)
     direct = probe.hypercall_with(direct_call(TARGET, SINT, SAVED_DIRECT_FLAG, cpu=CALLER))
     assert newly_signaled(direct) == 1
     assert probe.hypercall_with(event_call(CONN, SAVED_PORT_FLAG, cpu=CALLER)).status == 0
@@ -79,17 +79,17 @@ def arrange(vm: Vm) -> Saved:
         "the message in the SIM slot",
     )
     assert (message.message_type, message.payload[: len(MSG_PAYLOAD)]) == (MSG_TYPE, MSG_PAYLOAD)
-    return Saved(vm.synic.state()[TARGET], flags, message, vm.ports.table())
+    return Saved(HostSynic(vm.qmp).state()[TARGET], flags, message, HostPorts(vm.qmp).table())
 
 
 def assert_carried(vm: Vm, saved: Saved) -> None:
     probe = Probe(vm.guest)
     assert vm.qmp.status() == "running"
-    assert vm.synic.state()[TARGET] == saved.synic
+    assert HostSynic(vm.qmp).state()[TARGET] == saved.synic
     assert sief_flags(vm) == saved.flags
     assert slot_flags(probe.sief(TARGET, SINT)) == saved.flags
     assert SimMessage.from_slot(probe.sim(TARGET, MSG_SINT)) == saved.message
-    assert vm.ports.table() == saved.ports
+    assert HostPorts(vm.qmp).table() == saved.ports
 
     before = probe.irqs(TARGET, VECTOR)
     again = probe.hypercall_with(direct_call(TARGET, SINT, SAVED_DIRECT_FLAG, cpu=CALLER))
@@ -122,11 +122,11 @@ def move_by_savevm(vm: Vm, tmp_path: Path) -> Iterator[Vm]:
     hmp_ok(vm, "savevm hvsd-snapshot")
     # What was saved is then undone, so that only the load can bring it back.
     probe.sief(TARGET, SINT, clear=True)
-    vm.ports.clear()
+    HostPorts(vm.qmp).clear()
     probe.sint(TARGET, SINT, VECTOR, masked=True)
     probe.sim(TARGET, MSG_SINT, clear=True)
     assert sief_flags(vm) == frozenset()
-    assert vm.ports.table().ports == {}
+    assert HostPorts(vm.qmp).table().ports == {}
     hmp_ok(vm, "loadvm hvsd-snapshot")
     vm.reconnect()
     yield vm

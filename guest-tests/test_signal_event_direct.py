@@ -35,6 +35,7 @@ from orchestrator.signal_direct import (
     direct_call,
 )
 from orchestrator.signal_direct import direct_input as encode_input
+from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm
@@ -472,7 +473,9 @@ def test_direct_call_on_this_accelerator(clean: SiefWatch, accel: Accel) -> None
     NewlySignaled, the flag in both views and one interrupt. Under a stock KVM
     the kernel answers it: INVALID_HYPERCALL_CODE, no flag, no interrupt, the
     output untouched."""
-    reported = {vp: info.signal_event_direct for vp, info in clean.vm.synic.state().items()}
+    reported = {
+        vp: info.signal_event_direct for vp, info in HostSynic(clean.vm.qmp).state().items()
+    }
     assert set(reported.values()) == {direct_reaches_qemu(accel)}, (
         f"QEMU's x-query-synic says the call reaches it: {reported}"
     )

@@ -21,7 +21,7 @@ from orchestrator.command import HYPERV_CPU
 from orchestrator.contract import HvStatus, load, ordered_pairs, row
 from orchestrator.hvdefs import PRIVILEGE_SIGNAL_EVENTS, SINT_MASKED, Msr
 from orchestrator.polling import eventually
-from orchestrator.ports import Port
+from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
 from orchestrator.qmp import QmpCommandError
 from orchestrator.sief_watch import SiefWatch, Snapshot
@@ -67,7 +67,7 @@ def env(hv_vm: Vm) -> Iterator[Env]:
         watch.setup(cpu)
     yield Env(hv_vm, watch, HypervTestDev(probe))
     watch.teardown()
-    hv_vm.ports.clear()
+    HostPorts(hv_vm.qmp).clear()
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def clean(env: Env) -> Iterator[Env]:
     for cpu in CPUS:
         env.watch.clear(cpu)
     yield env
-    env.vm.ports.clear()
+    HostPorts(env.vm.qmp).clear()
 
 
 def flags_on(env: Env, cpu: int) -> frozenset[int]:
@@ -98,8 +98,8 @@ Arrange = Callable[[Env], AbstractContextManager[None]]
 def connected(port: Port = PORT, connection: int = CONN) -> Arrange:
     @contextmanager
     def arrange(env: Env) -> Iterator[None]:
-        env.vm.ports.create(port)
-        env.vm.ports.connect(connection, port.port_id)
+        HostPorts(env.vm.qmp).create(port)
+        HostPorts(env.vm.qmp).connect(connection, port.port_id)
         yield
 
     return arrange
@@ -179,13 +179,13 @@ ERROR_CASES: list[ErrorCase] = [
     ErrorCase(
         "E2",
         "disconnected",
-        then(connected(), lambda env: env.vm.ports.disconnect(CONN)),
+        then(connected(), lambda env: HostPorts(env.vm.qmp).disconnect(CONN)),
         event_call(CONN),
     ),
     ErrorCase(
         "E3",
         "port-deleted",
-        then(connected(), lambda env: env.vm.ports.delete(PORT.port_id)),
+        then(connected(), lambda env: HostPorts(env.vm.qmp).delete(PORT.port_id)),
         event_call(CONN),
     ),
     ErrorCase("E3", "message-port", connected(replace(PORT, type="message")), event_call(CONN)),
@@ -323,8 +323,8 @@ SUCCESS_CASES = [
 def test_flag_base_plus_number_is_set_once_with_one_interrupt(
     clean: Env, port: Port, flag: int, caller: int, fast: bool
 ) -> None:
-    clean.vm.ports.create(port)
-    clean.vm.ports.connect(CONN, port.port_id)
+    HostPorts(clean.vm.qmp).create(port)
+    HostPorts(clean.vm.qmp).connect(CONN, port.port_id)
     others = {cpu: flags_on(clean, cpu) for cpu in CPUS if cpu != port.vp}
     before = clean.watch.snapshot()
 
@@ -350,8 +350,8 @@ def test_racing_signals_on_one_port_flag_set_it_once_per_round(clean: Env, vp: i
     module releases them), one of them the port's own VP. SignalEvent has no
     output, so the count is of effects: the flag set after every round, and
     exactly one interrupt per round, none lost and none doubled."""
-    port = clean.vm.ports.create(Port(0x13, vp, SINT, base_flag=40, flag_count=4))
-    clean.vm.ports.connect(CONN, port.port_id)
+    port = HostPorts(clean.vm.qmp).create(Port(0x13, vp, SINT, base_flag=40, flag_count=4))
+    HostPorts(clean.vm.qmp).connect(CONN, port.port_id)
     result = clean.probe.race(
         event_call(CONN, 2), cpus=CPUS, target=vp, sint=SINT, flag=port.bit(2),
         vector=VECTOR, rounds=RACE_ROUNDS,
@@ -367,8 +367,8 @@ def test_racing_port_signal_leaves_the_neighbour_bit_alone(clean: Env) -> None:
     """SignalEvent through a port sets its flag as SignalEventDirect does:
     atomically, so the target's own set-and-clear of the neighbouring bit,
     in the same word and at the same time, is never undone."""
-    port = clean.vm.ports.create(Port(0x13, TARGET, SINT, base_flag=40, flag_count=4))
-    clean.vm.ports.connect(CONN, port.port_id)
+    port = HostPorts(clean.vm.qmp).create(Port(0x13, TARGET, SINT, base_flag=40, flag_count=4))
+    HostPorts(clean.vm.qmp).connect(CONN, port.port_id)
     result = clean.probe.race(
         event_call(CONN, 2), cpus=(OTHER,), target=TARGET, sint=SINT, flag=port.bit(2),
         vector=VECTOR, rounds=RACE_ROUNDS, neighbour=True,
@@ -381,8 +381,8 @@ def test_racing_port_signal_leaves_the_neighbour_bit_alone(clean: Env) -> None:
 
 
 def test_polling_sint_gets_the_flag_without_an_interrupt(clean: Env) -> None:
-    clean.vm.ports.create(PORT)
-    clean.vm.ports.connect(CONN, PORT.port_id)
+    HostPorts(clean.vm.qmp).create(PORT)
+    HostPorts(clean.vm.qmp).connect(CONN, PORT.port_id)
     clean.probe.sint(TARGET, SINT, VECTOR, polling=True)
     try:
         before = clean.watch.snapshot()
@@ -394,16 +394,16 @@ def test_polling_sint_gets_the_flag_without_an_interrupt(clean: Env) -> None:
 
 
 def test_repointed_connection_signals_its_new_port(clean: Env) -> None:
-    first = clean.vm.ports.create(Port(0x11, TARGET, SINT, base_flag=10, flag_count=1))
-    second = clean.vm.ports.create(Port(0x12, OTHER, SINT, base_flag=20, flag_count=4))
-    clean.vm.ports.connect(CONN, first.port_id)
+    first = HostPorts(clean.vm.qmp).create(Port(0x11, TARGET, SINT, base_flag=10, flag_count=1))
+    second = HostPorts(clean.vm.qmp).create(Port(0x12, OTHER, SINT, base_flag=20, flag_count=4))
+    HostPorts(clean.vm.qmp).connect(CONN, first.port_id)
     assert clean.signal(event_call(CONN, 3)).status == status("E4")  # first has one flag
 
     signalled(clean, event_call(CONN, 0))
     assert flags_on(clean, TARGET) == {10}
 
-    clean.vm.ports.connect(CONN, second.port_id)
-    assert clean.vm.ports.table().connections[CONN] == second.port_id
+    HostPorts(clean.vm.qmp).connect(CONN, second.port_id)
+    assert HostPorts(clean.vm.qmp).table().connections[CONN] == second.port_id
     before = clean.watch.snapshot()
     signalled(clean, event_call(CONN, 3))
     assert flags_on(clean, OTHER) == {23}
@@ -412,7 +412,7 @@ def test_repointed_connection_signals_its_new_port(clean: Env) -> None:
 
 
 def test_port_deleted_while_connections_remain(clean: Env) -> None:
-    ports = clean.vm.ports
+    ports = HostPorts(clean.vm.qmp)
     ports.create(PORT)
     for connection in (CONN, CONN + 1):
         ports.connect(connection, PORT.port_id)
@@ -435,10 +435,10 @@ def test_port_deleted_while_connections_remain(clean: Env) -> None:
 
 def test_device_owned_connection_is_still_notified(clean: Env) -> None:
     with device_connection(clean):
-        assert clean.vm.ports.table().connections[DEVICE_CONN] is None
-        clean.vm.ports.create(PORT)
+        assert HostPorts(clean.vm.qmp).table().connections[DEVICE_CONN] is None
+        HostPorts(clean.vm.qmp).create(PORT)
         with pytest.raises(QmpCommandError, match="owned by a device"):
-            clean.vm.ports.connect(DEVICE_CONN, PORT.port_id)
+            HostPorts(clean.vm.qmp).connect(DEVICE_CONN, PORT.port_id)
         before = clean.watch.snapshot()
         signalled(clean, event_call(DEVICE_CONN, 0))
         # The device sets the flag from QEMU's main loop, after the call.
@@ -447,14 +447,14 @@ def test_device_owned_connection_is_still_notified(clean: Env) -> None:
         eventually(
             lambda: clean.watch.snapshot().irqs == irqs_plus(before, TARGET), "one interrupt"
         )
-    assert DEVICE_CONN not in clean.vm.ports.table().connections
+    assert DEVICE_CONN not in HostPorts(clean.vm.qmp).table().connections
 
 
 def test_device_connection_with_several_flags_is_told_the_flag_number(clean: Env) -> None:
     connection, count = 0x22, 4
     clean.testdev.evt_conn_create_flags(TARGET, SINT, connection, count)
     try:
-        assert clean.vm.ports.table().connections[connection] is None
+        assert HostPorts(clean.vm.qmp).table().connections[connection] is None
         before = clean.watch.snapshot()
         signalled(clean, event_call(connection, 3))
         # The device sets flag connection + FlagNumber, in the calling vCPU's thread.
@@ -474,7 +474,7 @@ def test_guest_made_port_through_hyperv_testdev(clean: Env) -> None:
     connection = 0x31
     clean.testdev.port_create(port)
     clean.testdev.conn_set_port(connection, port.port_id)
-    table = clean.vm.ports.table()
+    table = HostPorts(clean.vm.qmp).table()
     assert table.ports[port.port_id] == port
     assert table.connections[connection] == port.port_id
 
@@ -488,7 +488,7 @@ def test_guest_made_port_through_hyperv_testdev(clean: Env) -> None:
     assert clean.signal(event_call(connection, 0)).status == status("E3")
     clean.testdev.conn_delete(connection)
     assert clean.signal(event_call(connection, 0)).status == status("E2")
-    assert clean.vm.ports.table().connections.get(connection) is None
+    assert HostPorts(clean.vm.qmp).table().connections.get(connection) is None
 
 
 @pytest.mark.parametrize(
@@ -523,11 +523,11 @@ def test_guest_made_port_through_hyperv_testdev(clean: Env) -> None:
 def test_bad_port_commands_are_qmp_errors(
     clean: Env, command: str, args: dict[str, object], message: str
 ) -> None:
-    clean.vm.ports.create(PORT)
-    before = clean.vm.ports.table()
+    HostPorts(clean.vm.qmp).create(PORT)
+    before = HostPorts(clean.vm.qmp).table()
     with pytest.raises(QmpCommandError, match=message):
         clean.vm.qmp.execute(command, args)
-    assert clean.vm.ports.table() == before
+    assert HostPorts(clean.vm.qmp).table() == before
     assert clean.vm.qmp.status() == "running"
 
 
@@ -540,8 +540,8 @@ def test_c2_signal_event_without_the_privilege(fresh_vm: Vm) -> None:
     assert not probe.cpuid(0x40000003).ebx & PRIVILEGE_SIGNAL_EVENTS
     watch = SiefWatch(fresh_vm, probe, SINT, VECTOR, cpus=(TARGET,))
     watch.setup(TARGET)
-    fresh_vm.ports.create(PORT)
-    fresh_vm.ports.connect(CONN, PORT.port_id)
+    HostPorts(fresh_vm.qmp).create(PORT)
+    HostPorts(fresh_vm.qmp).connect(CONN, PORT.port_id)
 
     before = watch.snapshot()
     for fast in (False, True):
@@ -554,8 +554,8 @@ def test_c2_signal_event_without_the_privilege(fresh_vm: Vm) -> None:
 
 @pytest.mark.hyperv
 def test_ports_survive_a_reset(fresh_vm: Vm) -> None:
-    fresh_vm.ports.create(PORT)
-    fresh_vm.ports.connect(CONN, PORT.port_id)
-    before = fresh_vm.ports.table()
+    HostPorts(fresh_vm.qmp).create(PORT)
+    HostPorts(fresh_vm.qmp).connect(CONN, PORT.port_id)
+    before = HostPorts(fresh_vm.qmp).table()
     fresh_vm.qmp.reset()
-    assert fresh_vm.ports.table() == before
+    assert HostPorts(fresh_vm.qmp).table() == before

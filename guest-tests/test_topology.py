@@ -25,11 +25,12 @@ from orchestrator.accel import Accel
 from orchestrator.contract import HvStatus, load, row
 from orchestrator.expect import expected_direct_status
 from orchestrator.hvdefs import Msr
-from orchestrator.ports import Port
+from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallResult, Probe, slot_flags
 from orchestrator.sief_watch import SiefWatch, Snapshot
 from orchestrator.signal_direct import CALL_CODE, OUTPUT_BYTES, direct_call
 from orchestrator.signal_event import event_call
+from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
 
 CPUS = 4
@@ -121,7 +122,7 @@ def clean(watch: SiefWatch) -> Iterator[SiefWatch]:
     for cpu in watch.cpus:
         watch.clear(cpu)
     yield watch
-    watch.vm.ports.clear()
+    HostPorts(watch.vm.qmp).clear()
 
 
 def flags_on(watch: SiefWatch, cpu: int) -> frozenset[int]:
@@ -155,7 +156,9 @@ def test_apic_ids_have_a_hole_and_are_not_the_vp_indices(
     assert tuple(v.vp_index for v in vcpus) == VP_INDICES
     assert tuple(v.apic_id for v in vcpus) == APIC_IDS, "the guest's /proc/cpuinfo"
     assert host_apic_ids(module_vm) == APIC_IDS, "QEMU's apic-id properties"
-    assert sorted(module_vm.synic.state()) == list(VP_INDICES), "x-query-synic's VP indices"
+    assert sorted(HostSynic(module_vm.qmp).state()) == list(VP_INDICES), (
+        "x-query-synic's VP indices"
+    )
     assert (moved.vp_index, moved.apic_id) == (3, 4)
 
 
@@ -186,8 +189,8 @@ def test_direct_call_reaches_the_vp_whatever_its_apic_id(
 @pytest.mark.parametrize("pair", DIRECTIONS, ids=pair_ids)
 def test_event_port_on_the_vp_whatever_its_apic_id(clean: SiefWatch, pair: tuple[int, int]) -> None:
     caller, vp = pair
-    port = clean.vm.ports.create(Port(0x10, vp, SINT, base_flag=100, flag_count=8))
-    clean.vm.ports.connect(CONN, port.port_id)
+    port = HostPorts(clean.vm.qmp).create(Port(0x10, vp, SINT, base_flag=100, flag_count=8))
+    HostPorts(clean.vm.qmp).connect(CONN, port.port_id)
     before = clean.snapshot()
     result = clean.probe.hypercall_with(event_call(CONN, 5, cpu=caller))
     assert (result.ud, result.status) == (False, HvStatus.SUCCESS), result
@@ -209,8 +212,8 @@ def test_direct_call_to_an_absent_vp_is_invalid_vp_index(
 
 @pytest.mark.parametrize("vp", ABSENT_VPS, ids=lambda vp: f"vp-{vp}")
 def test_event_port_on_an_absent_vp_is_invalid_vp_index(clean: SiefWatch, vp: int) -> None:
-    port = clean.vm.ports.create(Port(0x10, vp, SINT, base_flag=100, flag_count=8))
-    clean.vm.ports.connect(CONN, port.port_id)
+    port = HostPorts(clean.vm.qmp).create(Port(0x10, vp, SINT, base_flag=100, flag_count=8))
+    HostPorts(clean.vm.qmp).connect(CONN, port.port_id)
     before = clean.snapshot()
     result = clean.probe.hypercall_with(event_call(CONN, 5))
     assert (result.ud, result.status) == (False, row("E5", ROWS).status), result

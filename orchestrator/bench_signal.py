@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from orchestrator.command import HYPERV_CPU
 from orchestrator.errors import HarnessError
-from orchestrator.ports import Port
+from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallArgs, Probe
 from orchestrator.signal_direct import direct_call, fast_direct_call
 from orchestrator.signal_event import event_call
@@ -86,14 +86,14 @@ def signal_targets(vm: Vm, probe: Probe) -> Iterator[None]:
     probe.synic_setup(TARGET)
     probe.sint(TARGET, SINT, VECTOR)
     testdev = HypervTestDev(probe)
-    vm.ports.create(PORT)
-    vm.ports.connect(CONNECTION, PORT.port_id)
+    HostPorts(vm.qmp).create(PORT)
+    HostPorts(vm.qmp).connect(CONNECTION, PORT.port_id)
     testdev.evt_conn_create(TARGET, SINT, DEVICE_CONNECTION)
     try:
         yield
     finally:
         testdev.evt_conn_destroy(DEVICE_CONNECTION)
-        vm.ports.clear()
+        HostPorts(vm.qmp).clear()
         probe.sint(TARGET, SINT, VECTOR, masked=True)
         probe.synic_teardown(TARGET)
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from orchestrator.contract import HvStatus, Row, load
 from orchestrator.expect import expected_direct_status
 from orchestrator.hvdefs import FAST, SINT_MASKED, Call
-from orchestrator.ports import Port
+from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
 from orchestrator.qmp import QmpCommandError
 from orchestrator.signal_direct import direct_call, direct_input, newly_signaled
 from orchestrator.signal_event import event_call
+from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
 
 CALLER, TARGET, SINT, VECTOR, FLAG = 0, 1, 2, 0xE2, 42
@@ -103,7 +104,7 @@ class Demo:
         """SIEF bit `bit` as the guest sees it, as the host finds it (x-query-synic
         and guest memory, without the guest's word), and the target's interrupts."""
         guest = bit in slot_flags(self.probe.sief(TARGET, SINT))
-        host = bit in self.vm.synic.sief(TARGET)[SINT]
+        host = bit in HostSynic(self.vm.qmp).sief(TARGET)[SINT]
         return (
             ("set" if guest else "clear"),
             ("set" if host else "clear"),
@@ -139,7 +140,7 @@ class Demo:
     def run(self) -> None:
         out = self.out
         with self.synic_on_target():
-            host = self.vm.synic.state()[TARGET]
+            host = HostSynic(self.vm.qmp).state()[TARGET]
             out(
                 f"SynIC on vCPU {TARGET}: SIEF page at {host.sief_gpa:#x} (per x-query-synic), "
                 f"SINT{SINT} -> vector {VECTOR:#x}"
@@ -169,7 +170,7 @@ class Demo:
     def event_port(self) -> Iterator[bool]:
         """PORT with CONNECTION to it, made by the host; False where this QEMU
         has no event ports."""
-        ports = self.vm.ports
+        ports = HostPorts(self.vm.qmp)
         try:
             ports.create(PORT)
             ports.connect(CONNECTION, PORT.port_id)

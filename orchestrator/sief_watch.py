@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.probe import Probe
+from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
 
 # The vectors the guest suites program into SINTs. Linux gives devices
@@ -63,8 +64,8 @@ class SiefWatch:
     def host_page(self, cpu: int | None = None) -> dict[int, frozenset[int]]:
         """Found by the host itself (x-query-synic), checked against the guest's word."""
         cpu = self.cpus[0] if cpu is None else cpu
-        page = self.vm.synic.sief(cpu)
-        assert self.vm.synic.state()[cpu].sief_gpa == self.sief_gpa[cpu]
+        page = HostSynic(self.vm.qmp).sief(cpu)
+        assert HostSynic(self.vm.qmp).state()[cpu].sief_gpa == self.sief_gpa[cpu]
         return page
 
     def snapshot(self) -> Snapshot:

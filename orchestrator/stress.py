@@ -22,7 +22,7 @@ from typing import Literal
 
 from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import Msr
-from orchestrator.ports import Port
+from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallArgs, Probe, RaceResult
 from orchestrator.signal_direct import direct_call
 from orchestrator.signal_event import event_call
@@ -170,12 +170,12 @@ def stress_target(vm: Vm, probe: Probe, target: int) -> Iterator[None]:
     """The target's SynIC and SINT, and a port to its flag for SignalEvent."""
     probe.synic_setup(target)
     probe.sint(target, SINT, VECTOR)
-    vm.ports.create(Port(0x10, vp=target, sint=SINT, base_flag=FLAG))
-    vm.ports.connect(CONNECTION, 0x10)
+    HostPorts(vm.qmp).create(Port(0x10, vp=target, sint=SINT, base_flag=FLAG))
+    HostPorts(vm.qmp).connect(CONNECTION, 0x10)
     try:
         yield
     finally:
-        vm.ports.clear()
+        HostPorts(vm.qmp).clear()
         probe.sint(target, SINT, VECTOR, masked=True)
         probe.synic_teardown(target)
 

@@ -15,10 +15,8 @@ from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
 from orchestrator.launcher import DirectLauncher, LaunchContext, Launcher, free_port
 from orchestrator.nested import NestedLauncher
-from orchestrator.ports import HostPorts
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
-from orchestrator.synic import HostSynic
 from orchestrator.vmlogs import VmLogs
 
 __all__ = ["Vm", "VmLogs", "free_port"]
@@ -85,16 +83,6 @@ class Vm:
         if self._guest is None:
             raise HarnessError("VM not started")
         return self._guest
-
-    @property
-    def synic(self) -> HostSynic:
-        """The host's view of the SynICs (x-query-synic and SIEF pages)."""
-        return HostSynic(self.qmp)
-
-    @property
-    def ports(self) -> HostPorts:
-        """The event ports and connections QEMU holds (x-hv-port-* commands)."""
-        return HostPorts(self.qmp)
 
     @property
     def runtime(self) -> Path | None:
