@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import sanitize
 from orchestrator.errors import HarnessError
 
 # Debian packages that hold the firmware QEMU loads: seabios, qemu-system-data
@@ -30,6 +31,9 @@ class QemuBuild:
     series_hash: str
     series_length: int
     version: str
+    # Built with ASan and UBSan (make qemu SANITIZE=1): run with
+    # sanitize.environment(), reports counted at the end.
+    sanitized: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,19 +59,24 @@ def _read_manifest(name: str, make_target: str) -> dict[str, object]:
 
 
 def find_qemu() -> QemuBuild:
-    """The QEMU to run: $QEMU if set (a developer's own binary), else the built one."""
+    """The QEMU to run: $QEMU if set (a developer's own binary), else the built
+    one: with HVSD_SANITIZE=1 the one built with the sanitizers."""
     if override := os.environ.get("QEMU"):
         binary = Path(override) if "/" in override else Path(shutil.which(override) or override)
         if not binary.is_file():
             raise HarnessError(f"QEMU binary {override} (from $QEMU) not found")
         return QemuBuild(binary, "$QEMU override", "", 0, "")
-    data = _read_manifest("qemu.json", "qemu")
+    if sanitize.enabled():
+        data = _read_manifest("qemu-asan.json", "qemu SANITIZE=1")
+    else:
+        data = _read_manifest("qemu.json", "qemu")
     build = QemuBuild(
         binary=Path(str(data["binary"])),
         base=str(data["base"]),
         series_hash=str(data["series_hash"]),
         series_length=int(str(data["series_length"])),
         version=str(data["version"]),
+        sanitized=data.get("sanitized") is True,
     )
     if not build.binary.is_file():
         raise HarnessError(f"QEMU binary {build.binary} not found: run 'make qemu'")

@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 
-from orchestrator import bench_signal, stress
+from orchestrator import bench_signal, sanitize, stress
 from orchestrator.accel import kvm_kind, kvm_leg
 from orchestrator.artifacts import cache_dir
 from orchestrator.bench import BootSample, measure_boot
@@ -88,9 +88,14 @@ def _describe(vm: Vm) -> None:
 
 
 @contextmanager
-def booted(args: argparse.Namespace, kind: str, options: VmOptions | None = None) -> Iterator[Vm]:
+def booted(
+    args: argparse.Namespace,
+    kind: str,
+    options: VmOptions | None = None,
+    log_dir: Path | None = None,
+) -> Iterator[Vm]:
     """A started VM, stopped however the block is left."""
-    vm = Vm(new_log_dir(kind), options or _options(args))
+    vm = Vm(log_dir or new_log_dir(kind), options or _options(args))
     with progress("boot"):
         vm.start()
     try:
@@ -167,11 +172,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def sanitizer_reports(log_dir: Path) -> int:
+    """With the sanitized QEMU, once it has stopped: prints the line of its
+    reports and returns their count."""
+    if not sanitize.enabled():
+        return 0
+    reports = sanitize.find_reports([log_dir])
+    print(reports.line(), flush=True)
+    return reports.count
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     options = VmOptions.hyperv(cpus=2, memory_mb=args.memory)
-    with booted(args, "fuzz", options) as vm:
-        _describe(vm)
-        outcomes = Fuzzer(vm, Probe(vm.guest)).fuzz(args.seed, args.cases)
+    log_dir = new_log_dir("fuzz")
+    try:
+        with booted(args, "fuzz", options, log_dir) as vm:
+            _describe(vm)
+            outcomes = Fuzzer(vm, Probe(vm.guest)).fuzz(args.seed, args.cases)
+    except BaseException:
+        sanitizer_reports(log_dir)  # ASan stops QEMU at its first report
+        raise
     failed = [o for o in outcomes if o.problem]
     if args.json:
         _print_json(
@@ -192,6 +212,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         for line in summary(outcomes):
             print(line)
         print(f"seed {args.seed}: {len(outcomes)} cases, {len(failed)} not as the contract says")
+    if sanitizer_reports(log_dir):
+        return EXIT_HARNESS
     return EXIT_CONTRACT if failed else 0
 
 

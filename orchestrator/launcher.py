@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from orchestrator import sanitize
 from orchestrator.accel import Accel
 from orchestrator.artifacts import GuestImage, QemuBuild
 from orchestrator.command import Launch, LaunchPaths, VmOptions, render
@@ -113,7 +114,8 @@ class DirectLauncher:
             self.ctx.console.mark()
             logs.cmdline.write_text(shlex.join(argv) + "\n")
             started = time.monotonic()
-            self._process = QemuProcess(argv, logs.qemu)
+            env = sanitize.environment(logs.dir) if self.ctx.qemu.sanitized else None
+            self._process = QemuProcess(argv, logs.qemu, env)
             self._process.start()
             self.qmp = Qmp(self.ctx.runtime / "qmp.sock", logs.qmp, self.ctx.name)
             try:

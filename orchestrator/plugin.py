@@ -28,6 +28,7 @@ from types import FrameType
 
 import pytest
 
+from orchestrator import sanitize
 from orchestrator.accel import Accel, choose_accel, kvm_kind
 from orchestrator.command import VmOptions
 from orchestrator.contract_coverage import ContractCoveragePlugin
@@ -81,6 +82,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[live_vms_key] = LiveVms()
     config.pluginmanager.register(ContractCoveragePlugin(), "hvsd-contract-coverage")
+    if sanitize.enabled():
+        config.pluginmanager.register(
+            sanitize.SanitizerPlugin(_log_root(config)), "hvsd-sanitizer-reports"
+        )
     # pytest turns SIGINT into KeyboardInterrupt; do the same for SIGTERM so
     # fixture teardown (and with it QEMU's shutdown) runs.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:

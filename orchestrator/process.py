@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -25,9 +26,13 @@ def _die_with_parent() -> None:
 class QemuProcess:
     """Runs QEMU with its output in `log`; stops it on every exit path."""
 
-    def __init__(self, argv: Sequence[str], log: Path) -> None:
+    def __init__(
+        self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        """`env`: variables set for QEMU on top of this process's environment."""
         self.argv = list(argv)
         self.log = log
+        self.env = dict(env or {})
         self._popen: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> QemuProcess:
@@ -52,6 +57,7 @@ class QemuProcess:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
+                    env={**os.environ, **self.env} if self.env else None,
                 )
             except FileNotFoundError:
                 raise HarnessError(f"QEMU binary {self.argv[0]} not found") from None

@@ -1,0 +1,91 @@
+"""The QEMU built with AddressSanitizer and UBSan (`make qemu SANITIZE=1`).
+
+HVSD_SANITIZE=1 (what `make ... SANITIZE=1` exports) makes find_qemu pick it
+(qemu-asan.json) unless $QEMU names a binary. Its QEMU writes each report to
+`asan.<pid>` in its VM's log directory; a pytest session (the plugin here)
+and `fuzz` count those reports at the end, print one line, and fail when
+there are any."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPORT_PREFIX = "asan"  # log_path: the runtime appends .<pid>
+# The first line of each report: ASan's (and LSan's) "==PID==ERROR: ..." and
+# UBSan's "file:line:col: runtime error: ...".
+_REPORT_LINE = re.compile(r"^==\d+==ERROR: |: runtime error: ", re.MULTILINE)
+
+
+def enabled() -> bool:
+    """Whether this run uses the sanitized QEMU: HVSD_SANITIZE=1, and no
+    binary of one's own named by $QEMU (which find_qemu takes first)."""
+    return os.environ.get("HVSD_SANITIZE") == "1" and not os.environ.get("QEMU")
+
+
+def environment(log_dir: Path) -> dict[str, str]:
+    """What the sanitized QEMU runs with: reports to files in `log_dir`; ASan
+    stops QEMU at its first report (QEMU is not built to recover from one),
+    UBSan goes on with a stack trace for each; no leak check, since QEMU
+    leaves its memory to exit by design."""
+    log_path = log_dir.resolve() / REPORT_PREFIX
+    return {
+        "ASAN_OPTIONS": f"log_path={log_path}:detect_leaks=0:print_summary=1",
+        "UBSAN_OPTIONS": f"log_path={log_path}:halt_on_error=0:print_stacktrace=1",
+    }
+
+
+@dataclass(frozen=True)
+class Reports:
+    count: int
+    files: tuple[Path, ...]
+
+    def line(self) -> str:
+        names = ", ".join(str(f) for f in self.files) or "none"
+        return f"sanitizer reports: {self.count} (files: {names})"
+
+
+def count_reports(text: str) -> int:
+    """The reports in one file; a file holding none of the known kinds still
+    counts as one, since the runtime wrote it for some reason."""
+    return max(1, len(_REPORT_LINE.findall(text)))
+
+
+def find_reports(roots: Iterable[Path], since: float = 0.0) -> Reports:
+    """The report files under `roots` modified at or after `since` (a time.time())."""
+    files = sorted(
+        {
+            path
+            for root in roots
+            if root.is_dir()
+            for path in root.rglob(f"{REPORT_PREFIX}.*")
+            if path.is_file() and path.stat().st_mtime >= since
+        }
+    )
+    count = sum(count_reports(path.read_text(errors="replace")) for path in files)
+    return Reports(count, tuple(files))
+
+
+class SanitizerPlugin:
+    """Registered by orchestrator.plugin when HVSD_SANITIZE=1: the reports
+    written under the session's log directory while it ran."""
+
+    def __init__(self, log_root: Path) -> None:
+        self.log_root = log_root
+        self.started = time.time()
+        self.reports = Reports(0, ())
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # Every QEMU has stopped: the session fixtures are torn down by now.
+        self.reports = find_reports([self.log_root], self.started)
+        if self.reports.count and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        terminalreporter.write_line(self.reports.line(), red=bool(self.reports.count))
