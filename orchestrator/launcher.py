@@ -114,7 +114,7 @@ class DirectLauncher:
             self.ctx.console.mark()
             logs.cmdline.write_text(shlex.join(argv) + "\n")
             started = time.monotonic()
-            env = sanitize.environment(logs.dir) if self.ctx.qemu.sanitized else None
+            env = sanitize.prepare(logs.dir) if self.ctx.qemu.sanitized else None
             self._process = QemuProcess(argv, logs.qemu, env)
             self._process.start()
             self.qmp = Qmp(self.ctx.runtime / "qmp.sock", logs.qmp, self.ctx.name)

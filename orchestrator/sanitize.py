@@ -1,10 +1,11 @@
 """The QEMU built with AddressSanitizer and UBSan (`make qemu SANITIZE=1`).
 
 HVSD_SANITIZE=1 (what `make ... SANITIZE=1` exports) makes find_qemu pick it
-(qemu-asan.json) unless $QEMU names a binary. Its QEMU writes each report to
-`asan.<pid>` in its VM's log directory; a pytest session (the plugin here)
-and `fuzz` count those reports at the end, print one line, and fail when
-there are any."""
+(qemu-asan.json) unless $QEMU names a binary. Its QEMU writes ASan's reports
+to `asan.<pid>` in its VM's log directory. UBSan's go to QEMU's stderr, that
+is `qemu.log` there: GCC's UBSan runtime ignores log_path when ASan's is
+loaded too. A pytest session (the plugin here) and `fuzz` count both at the
+end, print one line, and fail when there are any."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from pathlib import Path
 import pytest
 
 REPORT_PREFIX = "asan"  # log_path: the runtime appends .<pid>
+# Written beside cmdline.txt in the log directory of each VM whose QEMU is
+# sanitized; the per-test copies of its logs leave it out, so it marks where
+# reports are counted once.
+ENV_FILE = "sanitizer-env.txt"
+QEMU_LOG = "qemu.log"
 # The first line of each report: ASan's (and LSan's) "==PID==ERROR: ..." and
 # UBSan's "file:line:col: runtime error: ...".
 _REPORT_LINE = re.compile(r"^==\d+==ERROR: |: runtime error: ", re.MULTILINE)
@@ -30,8 +36,9 @@ def enabled() -> bool:
 
 
 def environment(log_dir: Path) -> dict[str, str]:
-    """What the sanitized QEMU runs with: reports to files in `log_dir`; ASan
-    stops QEMU at its first report (QEMU is not built to recover from one),
+    """What the sanitized QEMU runs with: reports to files in `log_dir` (UBSan's
+    only where its runtime honours log_path, see above); ASan stops QEMU at
+    its first report (QEMU is not built to recover from one),
     UBSan goes on with a stack trace for each; no leak check, since QEMU
     leaves its memory to exit by design."""
     log_path = log_dir.resolve() / REPORT_PREFIX
@@ -39,6 +46,14 @@ def environment(log_dir: Path) -> dict[str, str]:
         "ASAN_OPTIONS": f"log_path={log_path}:detect_leaks=0:print_summary=1",
         "UBSAN_OPTIONS": f"log_path={log_path}:halt_on_error=0:print_stacktrace=1",
     }
+
+
+def prepare(log_dir: Path) -> dict[str, str]:
+    """environment(), also written to the VM's log directory (ENV_FILE)."""
+    env = environment(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / ENV_FILE).write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    return env
 
 
 @dataclass(frozen=True)
@@ -52,24 +67,34 @@ class Reports:
 
 
 def count_reports(text: str) -> int:
-    """The reports in one file; a file holding none of the known kinds still
-    counts as one, since the runtime wrote it for some reason."""
-    return max(1, len(_REPORT_LINE.findall(text)))
+    """The reports in a text."""
+    return len(_REPORT_LINE.findall(text))
+
+
+def _vm_reports(vm_dir: Path, since: float) -> dict[Path, int]:
+    found = {}
+    for path in [*vm_dir.glob(f"{REPORT_PREFIX}.*"), vm_dir / QEMU_LOG]:
+        if not path.is_file() or path.stat().st_mtime < since:
+            continue
+        count = count_reports(path.read_text(errors="replace"))
+        if path.name != QEMU_LOG:
+            # the runtime wrote the file for some reason, even one not known here
+            count = max(1, count)
+        if count:
+            found[path] = count
+    return found
 
 
 def find_reports(roots: Iterable[Path], since: float = 0.0) -> Reports:
-    """The report files under `roots` modified at or after `since` (a time.time())."""
-    files = sorted(
-        {
-            path
-            for root in roots
-            if root.is_dir()
-            for path in root.rglob(f"{REPORT_PREFIX}.*")
-            if path.is_file() and path.stat().st_mtime >= since
-        }
-    )
-    count = sum(count_reports(path.read_text(errors="replace")) for path in files)
-    return Reports(count, tuple(files))
+    """The reports of the sanitized QEMUs whose log directories are under
+    `roots`, in files modified at or after `since` (a time.time())."""
+    found: dict[Path, int] = {}
+    for root in roots:
+        if root.is_dir():
+            for marker in root.rglob(ENV_FILE):
+                found.update(_vm_reports(marker.parent, since))
+    files = tuple(sorted(found))
+    return Reports(sum(found.values()), files)
 
 
 class SanitizerPlugin:

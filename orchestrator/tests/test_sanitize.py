@@ -24,16 +24,20 @@ UBSAN = """\
 """
 
 
-def vm_dir(root: Path, name: str) -> Path:
+def vm_dir(root: Path, name: str, sanitized: bool = True) -> Path:
     """A VM's log directory as the harness leaves it, without reports."""
     path = root / name
     path.mkdir(parents=True)
     for log in ("serial.log", "qemu.log", "qmp.log", "guest-errors.log", "cmdline.txt"):
-        (path / log).write_text("runtime error: in a log that is not a report\n")
+        (path / log).write_text("qemu: starting\n")
+    # what the guest prints is not QEMU's
+    (path / "serial.log").write_text("t.c:1:2: runtime error: in the guest's own program\n")
+    if sanitized:
+        sanitize.prepare(path)
     return path
 
 
-def test_no_report_files_is_zero(tmp_path: Path) -> None:
+def test_no_reports_is_zero(tmp_path: Path) -> None:
     vm_dir(tmp_path, "session-hv-vm")
     reports = sanitize.find_reports([tmp_path, tmp_path / "absent"])
     assert reports == sanitize.Reports(0, ())
@@ -41,18 +45,25 @@ def test_no_report_files_is_zero(tmp_path: Path) -> None:
 
 
 def test_each_report_in_each_file_counts(tmp_path: Path) -> None:
-    asan = vm_dir(tmp_path, "session-hv-vm") / "asan.4242"
+    session = vm_dir(tmp_path, "session-hv-vm")
+    asan = session / "asan.4242"
     asan.write_text(ASAN)
-    ubsan = vm_dir(tmp_path, "test_x/fresh-vm") / "asan.977"
-    ubsan.write_text(UBSAN)
+    fresh = vm_dir(tmp_path, "test_x/fresh-vm")
+    (fresh / "qemu.log").write_text("qemu: starting\n" + UBSAN)
     reports = sanitize.find_reports([tmp_path])
     assert reports.count == 3
-    assert set(reports.files) == {asan, ubsan}
-    assert reports.line().startswith("sanitizer reports: 3 (files: ")
-    assert str(asan) in reports.line() and str(ubsan) in reports.line()
+    assert reports.files == (asan, fresh / "qemu.log")
+    assert reports.line() == f"sanitizer reports: 3 (files: {asan}, {fresh / 'qemu.log'})"
 
 
-def test_a_file_of_an_unknown_kind_still_counts(tmp_path: Path) -> None:
+def test_copies_of_a_vm_log_and_unsanitized_vms_do_not_count(tmp_path: Path) -> None:
+    (vm_dir(tmp_path, "session-vm") / "qemu.log").write_text(UBSAN)
+    # the plugin's per-test slice of that log: no ENV_FILE beside it
+    (vm_dir(tmp_path, "test_x/session-vm", sanitized=False) / "qemu.log").write_text(UBSAN)
+    assert sanitize.find_reports([tmp_path]).count == 2
+
+
+def test_a_report_file_of_an_unknown_kind_still_counts(tmp_path: Path) -> None:
     (vm_dir(tmp_path, "vm") / "asan.1").write_text("==1==WARNING: something else\n")
     assert sanitize.find_reports([tmp_path]).count == 1
 
@@ -66,12 +77,14 @@ def test_reports_older_than_the_run_are_not_counted(tmp_path: Path) -> None:
 
 
 def test_environment_sends_reports_to_the_vm_log_dir(tmp_path: Path) -> None:
-    env = sanitize.environment(tmp_path)
+    env = sanitize.prepare(tmp_path)
     assert f"log_path={tmp_path}/asan:" in env["ASAN_OPTIONS"]
     assert "detect_leaks=0" in env["ASAN_OPTIONS"]
     assert f"log_path={tmp_path}/asan:" in env["UBSAN_OPTIONS"]
     assert "halt_on_error=0" in env["UBSAN_OPTIONS"]
     assert "print_stacktrace=1" in env["UBSAN_OPTIONS"]
+    written = (tmp_path / sanitize.ENV_FILE).read_text().splitlines()
+    assert written == [f"{k}={v}" for k, v in env.items()]
 
 
 class Session:
@@ -84,7 +97,7 @@ def test_plugin_fails_a_passing_session_with_reports(tmp_path: Path) -> None:
     session = Session(pytest.ExitCode.OK)
     plugin.pytest_sessionfinish(session)  # type: ignore[arg-type]
     assert session.exitstatus == pytest.ExitCode.OK
-    (vm_dir(tmp_path, "session-vm") / "asan.7").write_text(UBSAN)
+    (vm_dir(tmp_path, "session-vm") / "qemu.log").write_text(UBSAN)
     plugin.pytest_sessionfinish(session)  # type: ignore[arg-type]
     assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
     assert plugin.reports.count == 2
