@@ -8,26 +8,24 @@ makes the ports in PORTS and the connections in CONNECTIONS (one to a port
 it then deletes). A case passes when its status is the predicted row's and
 its effect is the row's: on success exactly the one bit on the one VP and
 SINT, and one interrupt unless the SINT polls; on an error, no bit and no
-interrupt. The watched SIEF slots are read and cleared after every case;
-cases go to the guest in batches over the probe's one channel, a case that
-interrupts ending its batch.
+interrupt. The watched SIEF slots are read and cleared after every case, in
+the guest: cases go there in batches (`hvprobe cases`), a few hundred per
+request.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
 
 from orchestrator.contract import Row, load, row
 from orchestrator.expect import direct_reaches_qemu, stock_kvm_direct_status
 from orchestrator.hvdefs import FAST, Call
 from orchestrator.ports import HostPorts, Port
-from orchestrator.probe import HypercallArgs, Probe, slot_flags
+from orchestrator.probe import HypercallArgs, HypercallResult, Probe, Watch
 from orchestrator.signal_direct import ANY_VP, SELF_PARTITION, VP_INDEX_SELF, direct_call
 from orchestrator.signal_direct import direct_input as encode_direct
 from orchestrator.signal_event import event_call
@@ -37,6 +35,7 @@ CPUS = (0, 1)
 VECTORS = {2: 0xE2, 3: 0xE3}  # the unmasked SINTs
 POLLING = {3}
 WATCHED = tuple((cpu, sint) for cpu in CPUS for sint in VECTORS)
+WATCH = tuple(Watch(cpu, sint, VECTORS[sint], sint in POLLING) for cpu, sint in WATCHED)
 # Control-word bits that make any call C1: rep count, rep start, a reserved bit, nested
 BAD_CONTROL = (1 << 32, 1 << 48, 1 << 27, 1 << 44, 1 << 60, 1 << 31, 1 << 17)
 
@@ -159,14 +158,6 @@ def cases(seed: int, count: int) -> list[Case]:
     return [direct_case(rng) if i % 2 == 0 else event_case(rng) for i in range(count)]
 
 
-def _irq_totals(reply: dict[str, Any]) -> dict[tuple[int, int], int]:
-    return {
-        (cpu, vector): int(reply["irqs"].get(str(cpu), {}).get(str(vector), 0))
-        for cpu in CPUS
-        for vector in VECTORS.values()
-    }
-
-
 class Fuzzer:
     def __init__(self, vm: Vm, probe: Probe, rows: tuple[Row, ...] | None = None) -> None:
         self.vm = vm
@@ -198,74 +189,23 @@ class Fuzzer:
                     self.probe.sint(cpu, sint, vector, masked=True)
                 self.probe.synic_teardown(cpu)
 
-    def run(self, batch: Sequence[Case], irqs: dict[tuple[int, int], int]) -> list[Outcome]:
-        """Runs `batch` in one round trip; `irqs` (the totals so far) is updated."""
-        # per case: the call, then its effect read (and the slots cleared)
-        per_case = 2 + len(WATCHED)
-        replies = self.probe.batch(
-            *(
-                command
-                for case in batch
-                for command in (
-                    ["hypercall", *case.args.argv()],
-                    *(["sief", "--cpu", cpu, "--sint", sint, "--clear"] for cpu, sint in WATCHED),
-                    ["irqs"],
-                )
-            )
-        )
+    def run(self, batch: Sequence[Case]) -> list[Outcome]:
+        """Runs `batch` in the guest (`hvprobe cases`: each call, then the
+        watched slots read and cleared and their interrupts counted, the
+        probe waiting for an interrupt a set flag owes)."""
+        results = self.probe.cases(WATCH, [case.args for case in batch])
         outcomes = []
-        for i, case in enumerate(batch):
-            call, *slots, counts = replies[i * per_case : (i + 1) * per_case]
-            flags = {
-                where: slot_flags(bytes.fromhex(slot["bytes"]))
-                for where, slot in zip(WATCHED, slots, strict=True)
-            }
-            totals = _irq_totals(counts)
-            due = self.interrupt_due(case)
-            if due is not None and call.get("status") == 0 and totals[due] == irqs[due]:
-                totals = self.await_interrupt(due, irqs[due])
-            delta = {key: totals[key] - irqs[key] for key in totals}
-            irqs.update(totals)
-            problem = self.check(case, call, flags, delta)
-            outcomes.append(Outcome(case, call.get("status"), problem))
+        for case, result in zip(batch, results, strict=True):
+            flags = dict(zip(WATCHED, result.flags, strict=True))
+            delta = {(w.cpu, w.vector): n for w, n in zip(WATCH, result.irqs, strict=True)}
+            problem = self.check(case, result.call, flags, delta)
+            outcomes.append(Outcome(case, result.call.status, problem))
         return outcomes
-
-    def interrupt_due(self, case: Case) -> tuple[int, int] | None:
-        """The (cpu, vector) a case's success interrupts, if it does."""
-        direct = case.args.control & 0xFFFF == Call.SIGNAL_EVENT_DIRECT
-        if case.effect is None or (direct and not self.direct_in_qemu):
-            return None
-        cpu, sint, _ = case.effect
-        return None if sint in POLLING else (cpu, VECTORS[sint])
-
-    def await_interrupt(
-        self, due: tuple[int, int], before: int, timeout: float = 2.0
-    ) -> dict[tuple[int, int], int]:
-        """The interrupt totals once `due` has moved past `before`, or at the
-        timeout: the calls are pipelined, and an interrupt to the other vCPU
-        may still be on its way when the totals are first read."""
-        deadline = time.monotonic() + timeout
-        while True:
-            totals = _irq_totals(self.probe.call("irqs"))
-            if totals[due] > before or time.monotonic() > deadline:
-                return totals
-            time.sleep(0.01)
-
-    def batches(self, todo: Sequence[Case], size: int) -> Iterator[Sequence[Case]]:
-        """At most `size` cases each, a case that interrupts ending its batch,
-        so that no case's interrupt can arrive during a later case's reads."""
-        start = 0
-        for end, case in enumerate(todo, 1):
-            if end - start == size or self.interrupt_due(case) is not None:
-                yield todo[start:end]
-                start = end
-        if start < len(todo):
-            yield todo[start:]
 
     def check(
         self,
         case: Case,
-        call: dict[str, Any],
+        call: HypercallResult,
         flags: dict[tuple[int, int], frozenset[int]],
         delta: dict[tuple[int, int], int],
     ) -> str | None:
@@ -274,10 +214,8 @@ class Fuzzer:
         if not self.direct_in_qemu and control & 0xFFFF == Call.SIGNAL_EVENT_DIRECT:
             want = stock_kvm_direct_status(control)
             case = replace(case, effect=None)
-        if call.get("ud") or call.get("status") != want:
-            return (
-                f"status {call.get('status')!r} (ud {call.get('ud')}), {case.row_id} says {want:#x}"
-            )
+        if call.ud or call.status != want:
+            return f"status {call.status!r} (ud {call.ud}), {case.row_id} says {want:#x}"
         want_flags = {where: frozenset() for where in WATCHED}
         want_irqs = dict.fromkeys(delta, 0)
         if case.effect is not None:
@@ -285,21 +223,27 @@ class Fuzzer:
             want_flags[(cpu, sint)] = frozenset({bit})
             if sint not in POLLING:
                 want_irqs[(cpu, VECTORS[sint])] = 1
-            if case.row_id == "D7" and bytes.fromhex(call["output"])[:1] != b"\x01":
-                return f"NewlySignaled {call['output'][:2]} after clearing the slot"
+            if case.row_id == "D7" and call.output[:1] != b"\x01":
+                return f"NewlySignaled {call.output[:1].hex()} after clearing the slot"
         if flags != want_flags:
             return f"SIEF flags {flags}, want {want_flags}"
         if delta != want_irqs:
             return f"interrupts {delta}, want {want_irqs}"
         return None
 
-    def fuzz(self, seed: int, count: int, batch: int = 64) -> list[Outcome]:
+    def fuzz(
+        self,
+        seed: int,
+        count: int,
+        batch: int = 2000,
+        progress: Callable[[int, int], None] = lambda done, total: None,
+    ) -> list[Outcome]:
         todo = cases(seed, count)
         outcomes: list[Outcome] = []
         with self.arranged():
-            irqs = _irq_totals(self.probe.call("irqs"))
-            for cases_in_batch in self.batches(todo, batch):
-                outcomes += self.run(cases_in_batch, irqs)
+            for start in range(0, len(todo), batch):
+                outcomes += self.run(todo[start : start + batch])
+                progress(len(outcomes), len(todo))
         return outcomes
 
 

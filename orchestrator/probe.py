@@ -330,6 +330,45 @@ class RaceResult:
     neighbour_lost: int  # of those, ones that found the bit changed under them
 
 
+@dataclass(frozen=True)
+class Watch:
+    """A SIEF slot `cases` reads and clears after each call, and the vector
+    its SINT interrupts on (`poll`: the SINT polls, so no interrupt is due)."""
+
+    cpu: int
+    sint: int
+    vector: int
+    poll: bool = False
+
+    def spec(self) -> str:
+        return f"{self.cpu}:{self.sint}:{self.vector}" + (":poll" if self.poll else "")
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One call of `cases`, and what it left: per watched slot the flags found
+    set (then cleared) and the interrupts taken on its vector."""
+
+    call: HypercallResult
+    flags: tuple[frozenset[int], ...]
+    irqs: tuple[int, ...]
+
+
+def _case(d: dict[str, Any]) -> CaseResult:
+    return CaseResult(
+        call=_hypercall(d["call"]),
+        flags=tuple(frozenset(int(n) for n in slot["flags"]) for slot in d["flags"]),
+        irqs=tuple(int(n) for n in d["irqs"]),
+    )
+
+
+# A `cases` request's line: the probe's server reads lines of up to 64 KiB.
+CASES_LINE_BYTES = 60_000
+# Requests in flight at once: their replies must fit the SSH channel's window
+# while the next requests are still being written.
+CASES_PIPELINE = 4
+
+
 def _race(d: dict[str, Any]) -> RaceResult:
     return RaceResult(**{name: int(d[name]) for name in RaceResult.__dataclass_fields__})
 
@@ -529,6 +568,40 @@ class Probe:
 
     def hypercall_with(self, args: HypercallArgs) -> HypercallResult:
         return self._parsed(_hypercall, "hypercall", *args.argv())
+
+    def cases(
+        self, watch: Sequence[Watch], calls: Sequence[HypercallArgs], irq_wait_ms: int = 1000
+    ) -> list[CaseResult]:
+        """Every call made in turn in the guest, each followed by what it did
+        to the watched slots and their interrupts (`hvprobe cases`), sent as
+        few requests as the server's line length allows, pipelined a few at
+        a time."""
+        head = ["cases", "--watch", ",".join(w.spec() for w in watch)]
+        head += ["--irq-wait-ms", str(irq_wait_ms), "--"]
+        requests: list[list[str]] = []
+        request: list[str] = []
+        length = 0
+        for args in calls:
+            words = args.argv()
+            size = sum(len(word) + 1 for word in words) + 2
+            if request and length + size > CASES_LINE_BYTES:
+                requests.append([*head, *request[:-1]])
+                request, length = [], 0
+            request += [*words, ";"]
+            length += size
+        if request:
+            requests.append([*head, *request[:-1]])
+        results: list[CaseResult] = []
+        for start in range(0, len(requests), CASES_PIPELINE):
+            for reply in self.batch(*requests[start : start + CASES_PIPELINE]):
+                try:
+                    results += [_case(case) for case in reply["cases"]]
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise HarnessError(
+                        f"hvprobe cases printed unexpected JSON ({exc!r})",
+                        self.guest.commands_log,
+                    ) from None
+        return results
 
     def race(
         self,

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hvprobe_abi.h"
@@ -56,6 +57,7 @@ static const char *const usage_text =
 	"  race --cpus N,N... --cpu TARGET --sint S --flag F --vector V --control C\n"
 	"       [--input HEX] [--insn vmcall|vmmcall|page|native] [--rounds N] [--calls-per-round N]\n"
 	"       [--newly-output] [--neighbour]\n"
+	"  cases --watch CPU:SINT:VECTOR[:poll],... [--irq-wait-ms N] -- HYPERCALL-OPTIONS [; ...]\n"
 	"  serve   (commands as above, one per line of standard input; a line\n"
 	"           {\"rc\": STATUS, \"reply\": OBJECT} each on standard output)\n";
 
@@ -97,16 +99,18 @@ static void json_bool(bool v)
 	fputs(v ? "true" : "false", stdout);
 }
 
+/* The last error's text: cases reports a case's error in place of its reply */
+static char last_failure[512];
+
 static int fail(int status, const char *fmt, ...)
 {
-	char message[512];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(message, sizeof(message), fmt, ap);
+	vsnprintf(last_failure, sizeof(last_failure), fmt, ap);
 	va_end(ap);
 	fputs("{\"error\": ", stdout);
-	json_string(message);
+	json_string(last_failure);
 	fputs("}\n", stdout);
 	return status;
 }
@@ -201,6 +205,8 @@ struct opts {
 	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
 	uint32_t cpus, rounds, calls_per_round, flag;
 	bool has_cpus, has_flag, newly_output, neighbour;
+	const char *watch;	/* cases: CPU:SINT:VECTOR[:poll],... */
+	uint32_t irq_wait_ms;
 	uint8_t input[HVPROBE_IO_MAX];
 	int input_len;
 	uint8_t xmm[HVPROBE_XMM_REGS][HVPROBE_XMM_BYTES];
@@ -217,7 +223,7 @@ enum {
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
 	OPT_REPEAT, OPT_IN_SERVICE, OPT_CPUS, OPT_ROUNDS, OPT_CALLS_PER_ROUND, OPT_FLAG,
 	OPT_NEWLY_OUTPUT,
-	OPT_NEIGHBOUR,
+	OPT_NEIGHBOUR, OPT_WATCH, OPT_IRQ_WAIT_MS,
 };
 
 static const struct option long_options[] = {
@@ -253,6 +259,8 @@ static const struct option long_options[] = {
 	{ "flag", required_argument, NULL, OPT_FLAG },
 	{ "newly-output", no_argument, NULL, OPT_NEWLY_OUTPUT },
 	{ "neighbour", no_argument, NULL, OPT_NEIGHBOUR },
+	{ "watch", required_argument, NULL, OPT_WATCH },
+	{ "irq-wait-ms", required_argument, NULL, OPT_IRQ_WAIT_MS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -371,6 +379,11 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 		return parse_insn(arg, &o->insn);
 	case OPT_NEWLY_OUTPUT:
 		return (o->newly_output = true);
+	case OPT_WATCH:
+		o->watch = arg;
+		return true;
+	case OPT_IRQ_WAIT_MS:
+		return parse_u32(arg, 60000, &o->irq_wait_ms);
 	case OPT_NEIGHBOUR:
 		return (o->neighbour = true);
 	case OPT_CPUS:
@@ -402,6 +415,7 @@ static int parse_options(int argc, char **argv, struct opts *o)
 	o->out_len = 64;
 	o->out_fill = 0xaa;
 	o->rounds = 100;
+	o->irq_wait_ms = 1000;
 	opterr = 0;
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "", long_options, &index)) != -1) {
@@ -1081,6 +1095,190 @@ static int cmd_hypercall(struct opts *o)
 }
 
 /*
+ * Cases: many hypercalls in one command, each followed by what it did to the
+ * watched SIEF slots (read and cleared) and to their SINTs' interrupt counts,
+ * without a process or a round trip per call. A case that set a flag in a
+ * slot that is not polled gets up to --irq-wait-ms for its interrupt, so
+ * that an interrupt on its way to another CPU is not counted for the next
+ * case.
+ */
+
+#define CASES_WATCH_MAX		8
+#define CASES_MAX		4096
+#define CASES_WORDS_MAX		64
+
+struct case_watch {
+	uint32_t cpu, sint, vector;
+	bool poll;
+	uint64_t irqs;		/* the count on vector at cpu, as last read */
+};
+
+static bool parse_watch(const char *text, struct case_watch *w, int *count)
+{
+	char buf[256], *save = NULL, *item;
+
+	if (!text || strlen(text) >= sizeof(buf))
+		return false;
+	strcpy(buf, text);
+	*count = 0;
+	for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		char tail[8] = "";
+		int n;
+
+		if (*count == CASES_WATCH_MAX)
+			return false;
+		n = sscanf(item, "%u:%u:%u:%7s", &w[*count].cpu, &w[*count].sint,
+			   &w[*count].vector, tail);
+		if (n < 3 || (n == 4 && strcmp(tail, "poll")) || w[*count].sint >= HVPROBE_SINTS ||
+		    w[*count].vector >= HVPROBE_VECTORS)
+			return false;
+		w[*count].poll = n == 4;
+		(*count)++;
+	}
+	return *count > 0;
+}
+
+static int read_irq_count(struct case_watch *w, uint64_t *count)
+{
+	struct hvprobe_irqs q = { .cpu = w->cpu };
+	int rc = call(HVPROBE_IOC_IRQS, &q, "irqs");
+
+	if (!rc)
+		*count = q.counts[w->vector];
+	return rc;
+}
+
+/* One case's call, its JSON object captured without its newline. */
+static int run_case_call(int argc, char **argv, char **json)
+{
+	FILE *out = stdout;
+	size_t len = 0;
+	struct opts o;
+	int rc;
+
+	*json = NULL;
+	stdout = open_memstream(json, &len);
+	if (!stdout) {
+		stdout = out;
+		return fail(EXIT_FAILURE, "cases: %s", strerror(errno));
+	}
+	rc = parse_options(argc, argv, &o);
+	if (!rc)
+		rc = cmd_hypercall(&o);
+	fclose(stdout);
+	stdout = out;
+	while (len && (*json)[len - 1] == '\n')
+		(*json)[--len] = '\0';
+	return rc;
+}
+
+/* The watched slots after a case, read and cleared, then their interrupts */
+static int observe_case(struct case_watch *w, int watches, uint32_t irq_wait_ms)
+{
+	uint64_t found[CASES_WATCH_MAX], count;
+	int i, rc;
+
+	fputs(", \"flags\": [", stdout);
+	for (i = 0; i < watches; i++) {
+		struct hvprobe_slot slot = { .cpu = w[i].cpu, .sint = w[i].sint,
+					     .page = HVPROBE_SLOT_SIEF, .clear = 1 };
+
+		rc = call(HVPROBE_IOC_SLOT, &slot, "sief");
+		if (rc)
+			return rc;
+		found[i] = !slot_is_clear(slot.data, sizeof(slot.data));
+		fputs(i ? ", {" : "{", stdout);
+		print_sief_flags(slot.data);
+		putchar('}');
+	}
+	fputs("], \"irqs\": [", stdout);
+	for (i = 0; i < watches; i++) {
+		struct timespec start, now;
+
+		rc = read_irq_count(&w[i], &count);
+		clock_gettime(CLOCK_MONOTONIC, &start);
+		while (!rc && found[i] && !w[i].poll && count == w[i].irqs) {
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if ((now.tv_sec - start.tv_sec) * 1000 +
+			    (now.tv_nsec - start.tv_nsec) / 1000000 >= irq_wait_ms)
+				break;
+			usleep(50);
+			rc = read_irq_count(&w[i], &count);
+		}
+		if (rc)
+			return rc;
+		printf("%s%" PRIu64, i ? ", " : "", count - w[i].irqs);
+		w[i].irqs = count;
+	}
+	putchar(']');
+	return 0;
+}
+
+/* Every case in turn; returns 0, or the status of the first that failed */
+static int run_cases(struct opts *o, struct case_watch *w, int watches)
+{
+	char *argv[CASES_WORDS_MAX + 2];
+	int i, start, cases = 0, rc = 0;
+
+	fputs("{\"cases\": [", stdout);
+	for (start = 0; start < o->nargs && !rc; start = i + 1) {
+		char *json;
+		int argc = 1;
+
+		argv[0] = "hypercall";
+		for (i = start; i < o->nargs && strcmp(o->args[i], ";"); i++) {
+			if (argc > CASES_WORDS_MAX)
+				return usage_error("a case has too many words");
+			argv[argc++] = o->args[i];
+		}
+		argv[argc] = NULL;
+		if (++cases > CASES_MAX)
+			return usage_error("too many cases");
+		rc = run_case_call(argc, argv, &json);
+		if (!rc)
+			printf("%s{\"call\": %s", cases > 1 ? ", " : "", json);
+		free(json);
+		if (!rc)
+			rc = observe_case(w, watches, o->irq_wait_ms);
+		putchar('}');
+	}
+	fputs("]}\n", stdout);
+	return rc;
+}
+
+static int cmd_cases(struct opts *o)
+{
+	struct case_watch w[CASES_WATCH_MAX];
+	FILE *out = stdout;
+	char *body = NULL;
+	size_t len = 0;
+	int watches, i, rc;
+
+	if (!parse_watch(o->watch, w, &watches))
+		return usage_error("cases needs --watch CPU:SINT:VECTOR[:poll],... (at most 8)");
+	for (i = 0; i < watches; i++) {
+		rc = read_irq_count(&w[i], &w[i].irqs);
+		if (rc)
+			return rc;
+	}
+	/* Built aside: a case that fails makes its error the whole reply */
+	stdout = open_memstream(&body, &len);
+	if (!stdout) {
+		stdout = out;
+		return fail(EXIT_FAILURE, "cases: %s", strerror(errno));
+	}
+	rc = run_cases(o, w, watches);
+	fclose(stdout);
+	stdout = out;
+	if (rc)
+		fail(rc, "%s", last_failure);
+	else
+		fputs(body, stdout);
+	free(body);
+	return rc;
+}
+
+/*
  * Port I/O, for devices such as hyperv-testdev: one 32-bit OUT or IN, made
  * by the module on the CPU asked for (0 by default).
  */
@@ -1166,6 +1364,7 @@ static const struct command commands[] = {
 	{ "outl", cmd_outl },
 	{ "inl", cmd_inl },
 	{ "race", cmd_race },
+	{ "cases", cmd_cases },
 };
 
 static int run_command(int argc, char **argv)
@@ -1186,12 +1385,13 @@ static int run_command(int argc, char **argv)
 }
 
 #define SERVE_LINE_MAX	(64 * 1024)
-#define SERVE_WORDS_MAX	128
+#define SERVE_WORDS_MAX	8192	/* cases sends a few hundred calls a line */
 
 /* One request: its words, split at blanks, run as a command line would be */
 static int serve_line(char *line)
 {
-	char *words[SERVE_WORDS_MAX + 2], *save = NULL, *word;
+	static char *words[SERVE_WORDS_MAX + 2];
+	char *save = NULL, *word;
 	int argc = 1;
 
 	words[0] = "hvprobe";
