@@ -9,6 +9,14 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 comma := ,
 
+# SANITIZE=1: build and run the QEMU built with ASan and UBSan (qemu-asan.json)
+# instead of the normal one; the harness reads HVSD_SANITIZE. Its test logs go
+# to test-logs/sanitize/.
+ifeq ($(SANITIZE),1)
+export HVSD_SANITIZE := 1
+SANITIZE_LOGS := --hvsd-logs=test-logs/sanitize
+endif
+
 .PHONY: help setup host venv qemu image kvm-modules kvm-modules-smoke test test-kvm test-unit demo fuzz \
         bench-boot bench-signal stress mutate \
         qemu-dev qemu-export series-export series-check-upstream check-series lint clean distclean
@@ -23,6 +31,7 @@ help:
 	@echo "make stress       racing vCPUs signal one flag: 0 lost, 0 doubled (CPUS=4,8 SIGNALS=1000000)"
 	@echo "make mutate       build each bug in qemu-patches/mutations/, report which tests kill it (MUTATIONS=01,04)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
+	@echo "  SANITIZE=1      with qemu, test, fuzz: the QEMU built with ASan and UBSan (see README)"
 	@echo "make kvm-modules  kvm.ko, kvm-intel.ko, kvm-amd.ko for the image's kernel, with kvm-patches/"
 	@echo "make kvm-modules-smoke  load them in a TCG guest, run KVM's hyperv_features selftest (STOCK=1)"
 	@echo "make qemu-dev     git worktree ./qemu-dev with the series as commits"
@@ -50,7 +59,7 @@ $(VENV)/.installed: pyproject.toml
 # $(QEMU) set on the command line means: use that binary, build nothing.
 qemu: setup
 ifeq ($(QEMU),)
-	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh build
+	@PYTHON=$(abspath $(PY)) SANITIZE=$(SANITIZE) bash scripts/build-qemu.sh build
 endif
 
 image: setup
@@ -67,7 +76,7 @@ kvm-modules-smoke: kvm-modules venv
 	@$(PY) scripts/kvm-modules-smoke.py $(if $(STOCK),--stock)
 
 test: qemu image
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(SANITIZE_LOGS) $(PYTEST_ARGS)
 
 # The KVM leg: ACCEL=kvm where the host's KVM is usable, else ACCEL=nested-kvm
 # (the test guest under KVM inside a TCG guest). Runs the `kvm_leg` selection:

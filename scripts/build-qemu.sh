@@ -10,6 +10,8 @@
 #   build-qemu.sh check    what QEMU's CI would run: checkpatch, other builds, qtests, each patch
 #
 # QEMU_SRC=/path/to/qemu.git builds that tree's HEAD with the series instead.
+# SANITIZE=1 (build): the same tree with AddressSanitizer and UBSan, in its own
+# build directory (build-asan) with its own manifest (qemu-asan.json).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -149,11 +151,13 @@ resolve_tree() {
 }
 
 write_manifest() {
-    local binary=$1 hash=$2 version
-    version=$("$binary" --version | head -n1)
-    cat >"$HVSD_CACHE/qemu.json" <<JSON
+    local binary=$1 hash=$2 manifest=$3 version
+    # (a sanitized QEMU warns on stderr about swapcontext at every start)
+    version=$("$binary" --version 2>/dev/null | head -n1)
+    cat >"$HVSD_CACHE/$manifest" <<JSON
 {
   "binary": "$binary",
+  "sanitized": $([ "${SANITIZE:-}" = 1 ] && echo true || echo false),
   "base": "$SOURCE_DESC",
   "series_hash": "$hash",
   "series_length": $(series_patches | wc -l),
@@ -177,20 +181,28 @@ restore_after_mutate() {
 }
 
 cmd_build() {
-    local log hash tree build
+    local log hash tree build marker manifest=qemu.json variant=
     need_tool git ninja dpkg-source apt-get
     [ -x "$PYTHON" ] || die "python $PYTHON not found (run 'make venv')"
+    if [ "${SANITIZE:-}" = 1 ]; then
+        # Beside the normal build, never instead of it: own directory, marker,
+        # manifest and log.
+        variant=-asan
+        manifest=qemu-asan.json
+        CONFIGURE_FLAGS+=(--enable-asan --enable-ubsan)
+    fi
     mkdir -p "$HVSD_CACHE/logs"
-    log=$HVSD_CACHE/logs/qemu-build.log
+    log=$HVSD_CACHE/logs/qemu$variant-build.log
     : >"$log"
     resolve_tree "$log"
     tree=$TREE_ROOT/src
-    build=$TREE_ROOT/build
+    build=$TREE_ROOT/build$variant
+    marker=$TREE_ROOT/built-series$variant
     hash=$(series_hash)
     restore_after_mutate "$tree"
-    if [ -x "$build/qemu-system-x86_64" ] && [ "$(cat "$TREE_ROOT/built-series" 2>/dev/null)" = "$hash" ]; then
-        write_manifest "$build/qemu-system-x86_64" "$hash"
-        echo "qemu: up to date ($SOURCE_DESC, series $hash)"
+    if [ -x "$build/qemu-system-x86_64" ] && [ "$(cat "$marker" 2>/dev/null)" = "$hash" ]; then
+        write_manifest "$build/qemu-system-x86_64" "$hash" "$manifest"
+        echo "qemu$variant: up to date ($SOURCE_DESC, series $hash)"
         return 0
     fi
     if [ "$(cat "$TREE_ROOT/applied-series" 2>/dev/null)" != "$hash" ]; then
@@ -200,12 +212,12 @@ cmd_build() {
         echo "done"
         echo "$hash" >"$TREE_ROOT/applied-series"
     fi
-    step "qemu: configure" "$log" configure_tree "$tree" "$build" "$log"
-    step "qemu: build qemu-system-x86_64 (log: $log)" "$log" \
+    step "qemu$variant: configure" "$log" configure_tree "$tree" "$build" "$log"
+    step "qemu$variant: build qemu-system-x86_64 (log: $log)" "$log" \
         ninja -C "$build" qemu-system-x86_64
-    echo "$hash" >"$TREE_ROOT/built-series"
-    write_manifest "$build/qemu-system-x86_64" "$hash"
-    echo "qemu: $build/qemu-system-x86_64"
+    echo "$hash" >"$marker"
+    write_manifest "$build/qemu-system-x86_64" "$hash" "$manifest"
+    echo "qemu$variant: $build/qemu-system-x86_64"
 }
 
 cmd_dev() {
