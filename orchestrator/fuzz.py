@@ -35,7 +35,7 @@ CPUS = (0, 1)
 VECTORS = {2: 0xE2, 3: 0xE3}  # the unmasked SINTs
 POLLING = {3}
 WATCHED = tuple((cpu, sint) for cpu in CPUS for sint in VECTORS)
-WATCH = tuple(Watch(cpu, sint, VECTORS[sint], sint in POLLING) for cpu, sint in WATCHED)
+WATCH = tuple(Watch(cpu, sint, VECTORS[sint]) for cpu, sint in WATCHED)
 # Control-word bits that make any call C1: rep count, rep start, a reserved bit, nested
 BAD_CONTROL = (1 << 32, 1 << 48, 1 << 27, 1 << 44, 1 << 60, 1 << 31, 1 << 17)
 
@@ -191,8 +191,7 @@ class Fuzzer:
 
     def run(self, batch: Sequence[Case]) -> list[Outcome]:
         """Runs `batch` in the guest (`hvprobe cases`: each call, then the
-        watched slots read and cleared and their interrupts counted, the
-        probe waiting for an interrupt a set flag owes)."""
+        watched slots read and cleared and their interrupts counted)."""
         results = self.probe.cases(WATCH, [case.args for case in batch])
         outcomes = []
         for case, result in zip(batch, results, strict=True):

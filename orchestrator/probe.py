@@ -333,15 +333,14 @@ class RaceResult:
 @dataclass(frozen=True)
 class Watch:
     """A SIEF slot `cases` reads and clears after each call, and the vector
-    its SINT interrupts on (`poll`: the SINT polls, so no interrupt is due)."""
+    whose interrupts it counts on that CPU."""
 
     cpu: int
     sint: int
     vector: int
-    poll: bool = False
 
     def spec(self) -> str:
-        return f"{self.cpu}:{self.sint}:{self.vector}" + (":poll" if self.poll else "")
+        return f"{self.cpu}:{self.sint}:{self.vector}"
 
 
 @dataclass(frozen=True)
@@ -569,15 +568,12 @@ class Probe:
     def hypercall_with(self, args: HypercallArgs) -> HypercallResult:
         return self._parsed(_hypercall, "hypercall", *args.argv())
 
-    def cases(
-        self, watch: Sequence[Watch], calls: Sequence[HypercallArgs], irq_wait_ms: int = 1000
-    ) -> list[CaseResult]:
+    def cases(self, watch: Sequence[Watch], calls: Sequence[HypercallArgs]) -> list[CaseResult]:
         """Every call made in turn in the guest, each followed by what it did
         to the watched slots and their interrupts (`hvprobe cases`), sent as
         few requests as the server's line length allows, pipelined a few at
         a time."""
-        head = ["cases", "--watch", ",".join(w.spec() for w in watch)]
-        head += ["--irq-wait-ms", str(irq_wait_ms), "--"]
+        head = ["cases", "--watch", ",".join(w.spec() for w in watch), "--"]
         requests: list[list[str]] = []
         request: list[str] = []
         length = 0

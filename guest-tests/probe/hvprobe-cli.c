@@ -57,7 +57,7 @@ static const char *const usage_text =
 	"  race --cpus N,N... --cpu TARGET --sint S --flag F --vector V --control C\n"
 	"       [--input HEX] [--insn vmcall|vmmcall|page|native] [--rounds N] [--calls-per-round N]\n"
 	"       [--newly-output] [--neighbour]\n"
-	"  cases --watch CPU:SINT:VECTOR[:poll],... [--irq-wait-ms N] -- HYPERCALL-OPTIONS [; ...]\n"
+	"  cases --watch CPU:SINT:VECTOR,... -- HYPERCALL-OPTIONS [; ...]\n"
 	"  serve   (commands as above, one per line of standard input; a line\n"
 	"           {\"rc\": STATUS, \"reply\": OBJECT} each on standard output)\n";
 
@@ -205,8 +205,7 @@ struct opts {
 	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
 	uint32_t cpus, rounds, calls_per_round, flag;
 	bool has_cpus, has_flag, newly_output, neighbour;
-	const char *watch;	/* cases: CPU:SINT:VECTOR[:poll],... */
-	uint32_t irq_wait_ms;
+	const char *watch;	/* cases: CPU:SINT:VECTOR,... */
 	uint8_t input[HVPROBE_IO_MAX];
 	int input_len;
 	uint8_t xmm[HVPROBE_XMM_REGS][HVPROBE_XMM_BYTES];
@@ -223,7 +222,7 @@ enum {
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
 	OPT_REPEAT, OPT_IN_SERVICE, OPT_CPUS, OPT_ROUNDS, OPT_CALLS_PER_ROUND, OPT_FLAG,
 	OPT_NEWLY_OUTPUT,
-	OPT_NEIGHBOUR, OPT_WATCH, OPT_IRQ_WAIT_MS,
+	OPT_NEIGHBOUR, OPT_WATCH,
 };
 
 static const struct option long_options[] = {
@@ -260,7 +259,6 @@ static const struct option long_options[] = {
 	{ "newly-output", no_argument, NULL, OPT_NEWLY_OUTPUT },
 	{ "neighbour", no_argument, NULL, OPT_NEIGHBOUR },
 	{ "watch", required_argument, NULL, OPT_WATCH },
-	{ "irq-wait-ms", required_argument, NULL, OPT_IRQ_WAIT_MS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -382,8 +380,6 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 	case OPT_WATCH:
 		o->watch = arg;
 		return true;
-	case OPT_IRQ_WAIT_MS:
-		return parse_u32(arg, 60000, &o->irq_wait_ms);
 	case OPT_NEIGHBOUR:
 		return (o->neighbour = true);
 	case OPT_CPUS:
@@ -415,7 +411,6 @@ static int parse_options(int argc, char **argv, struct opts *o)
 	o->out_len = 64;
 	o->out_fill = 0xaa;
 	o->rounds = 100;
-	o->irq_wait_ms = 1000;
 	opterr = 0;
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "", long_options, &index)) != -1) {
@@ -1097,10 +1092,9 @@ static int cmd_hypercall(struct opts *o)
 /*
  * Cases: many hypercalls in one command, each followed by what it did to the
  * watched SIEF slots (read and cleared) and to their SINTs' interrupt counts,
- * without a process or a round trip per call. A case that set a flag in a
- * slot that is not polled gets up to --irq-wait-ms for its interrupt, so
- * that an interrupt on its way to another CPU is not counted for the next
- * case.
+ * without a process or a round trip per call. The counts are read after a
+ * fence on each CPU (see the module's irqs), so an interrupt a call asserted
+ * on another CPU is counted for that call, not the next.
  */
 
 #define CASES_WATCH_MAX		8
@@ -1109,7 +1103,6 @@ static int cmd_hypercall(struct opts *o)
 
 struct case_watch {
 	uint32_t cpu, sint, vector;
-	bool poll;
 	uint64_t irqs;		/* the count on vector at cpu, as last read */
 };
 
@@ -1122,30 +1115,41 @@ static bool parse_watch(const char *text, struct case_watch *w, int *count)
 	strcpy(buf, text);
 	*count = 0;
 	for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-		char tail[8] = "";
-		int n;
+		char end;
 
-		if (*count == CASES_WATCH_MAX)
+		if (*count == CASES_WATCH_MAX ||
+		    sscanf(item, "%u:%u:%u%c", &w[*count].cpu, &w[*count].sint,
+			   &w[*count].vector, &end) != 3 ||
+		    w[*count].sint >= HVPROBE_SINTS || w[*count].vector >= HVPROBE_VECTORS)
 			return false;
-		n = sscanf(item, "%u:%u:%u:%7s", &w[*count].cpu, &w[*count].sint,
-			   &w[*count].vector, tail);
-		if (n < 3 || (n == 4 && strcmp(tail, "poll")) || w[*count].sint >= HVPROBE_SINTS ||
-		    w[*count].vector >= HVPROBE_VECTORS)
-			return false;
-		w[*count].poll = n == 4;
 		(*count)++;
 	}
 	return *count > 0;
 }
 
-static int read_irq_count(struct case_watch *w, uint64_t *count)
+/* The counts of every watched CPU: one read each (the module fences it) */
+static int read_irq_counts(struct case_watch *w, int watches, uint64_t *counts)
 {
-	struct hvprobe_irqs q = { .cpu = w->cpu };
-	int rc = call(HVPROBE_IOC_IRQS, &q, "irqs");
+	struct hvprobe_irqs q;
+	int i, j, rc;
 
-	if (!rc)
-		*count = q.counts[w->vector];
-	return rc;
+	for (i = 0; i < watches; i++) {
+		for (j = 0; j < i && w[j].cpu != w[i].cpu; j++)
+			;
+		if (j < i) {
+			counts[i] = 0;
+			continue;
+		}
+		memset(&q, 0, sizeof(q));
+		q.cpu = w[i].cpu;
+		rc = call(HVPROBE_IOC_IRQS, &q, "irqs");
+		if (rc)
+			return rc;
+		for (j = i; j < watches; j++)
+			if (w[j].cpu == w[i].cpu)
+				counts[j] = q.counts[w[j].vector];
+	}
+	return 0;
 }
 
 /* One case's call, its JSON object captured without its newline. */
@@ -1173,9 +1177,9 @@ static int run_case_call(int argc, char **argv, char **json)
 }
 
 /* The watched slots after a case, read and cleared, then their interrupts */
-static int observe_case(struct case_watch *w, int watches, uint32_t irq_wait_ms)
+static int observe_case(struct case_watch *w, int watches)
 {
-	uint64_t found[CASES_WATCH_MAX], count;
+	uint64_t counts[CASES_WATCH_MAX];
 	int i, rc;
 
 	fputs(", \"flags\": [", stdout);
@@ -1186,29 +1190,17 @@ static int observe_case(struct case_watch *w, int watches, uint32_t irq_wait_ms)
 		rc = call(HVPROBE_IOC_SLOT, &slot, "sief");
 		if (rc)
 			return rc;
-		found[i] = !slot_is_clear(slot.data, sizeof(slot.data));
 		fputs(i ? ", {" : "{", stdout);
 		print_sief_flags(slot.data);
 		putchar('}');
 	}
+	rc = read_irq_counts(w, watches, counts);
+	if (rc)
+		return rc;
 	fputs("], \"irqs\": [", stdout);
 	for (i = 0; i < watches; i++) {
-		struct timespec start, now;
-
-		rc = read_irq_count(&w[i], &count);
-		clock_gettime(CLOCK_MONOTONIC, &start);
-		while (!rc && found[i] && !w[i].poll && count == w[i].irqs) {
-			clock_gettime(CLOCK_MONOTONIC, &now);
-			if ((now.tv_sec - start.tv_sec) * 1000 +
-			    (now.tv_nsec - start.tv_nsec) / 1000000 >= irq_wait_ms)
-				break;
-			usleep(50);
-			rc = read_irq_count(&w[i], &count);
-		}
-		if (rc)
-			return rc;
-		printf("%s%" PRIu64, i ? ", " : "", count - w[i].irqs);
-		w[i].irqs = count;
+		printf("%s%" PRIu64, i ? ", " : "", counts[i] - w[i].irqs);
+		w[i].irqs = counts[i];
 	}
 	putchar(']');
 	return 0;
@@ -1239,7 +1231,7 @@ static int run_cases(struct opts *o, struct case_watch *w, int watches)
 			printf("%s{\"call\": %s", cases > 1 ? ", " : "", json);
 		free(json);
 		if (!rc)
-			rc = observe_case(w, watches, o->irq_wait_ms);
+			rc = observe_case(w, watches);
 		putchar('}');
 	}
 	fputs("]}\n", stdout);
@@ -1255,11 +1247,15 @@ static int cmd_cases(struct opts *o)
 	int watches, i, rc;
 
 	if (!parse_watch(o->watch, w, &watches))
-		return usage_error("cases needs --watch CPU:SINT:VECTOR[:poll],... (at most 8)");
-	for (i = 0; i < watches; i++) {
-		rc = read_irq_count(&w[i], &w[i].irqs);
+		return usage_error("cases needs --watch CPU:SINT:VECTOR,... (at most 8)");
+	{
+		uint64_t counts[CASES_WATCH_MAX];
+
+		rc = read_irq_counts(w, watches, counts);
 		if (rc)
 			return rc;
+		for (i = 0; i < watches; i++)
+			w[i].irqs = counts[i];
 	}
 	/* Built aside: a case that fails makes its error the whole reply */
 	stdout = open_memstream(&body, &len);

@@ -358,12 +358,24 @@ static int hvprobe_pages(struct hvprobe_pages *p)
 
 /* Interrupts. */
 
+static long hvprobe_fence_fn(void *arg)
+{
+	return 0;
+}
+
 static int hvprobe_irqs(struct hvprobe_irqs *q)
 {
 	unsigned int v;
 
 	if (q->cpu >= nr_cpu_ids || !cpu_possible(q->cpu))
 		return -EINVAL;
+	/*
+	 * A fence first: the CPU runs a work item, which it can only do with
+	 * interrupts on, so an interrupt already pending in its APIC (one a
+	 * hypercall just asserted, say) has been taken and is counted below.
+	 */
+	if (cpu_online(q->cpu))
+		work_on_cpu_safe(q->cpu, hvprobe_fence_fn, NULL);
 	for (v = 0; v < HVPROBE_VECTORS; v++) {
 		q->counts[v] = READ_ONCE(per_cpu(hvprobe_irq_counts, q->cpu)[v]);
 		q->in_service[v] =
