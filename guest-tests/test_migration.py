@@ -96,6 +96,8 @@ def assert_carried(vm: Vm, saved: Saved) -> None:
     assert newly_signaled(again) == 0
     later = probe.hypercall_with(direct_call(TARGET, SINT, LATER_DIRECT_FLAG, cpu=CALLER))
     assert newly_signaled(later) == 1
+    # Taken before the port's signal raises the same vector again
+    eventually(lambda: probe.irqs(TARGET, VECTOR) == before + 1, "an interrupt after the move")
     port_call = probe.hypercall_with(event_call(CONN, LATER_PORT_FLAG, cpu=CALLER))
     assert port_call.status == HvStatus.SUCCESS
     assert sief_flags(vm) == saved.flags | {LATER_DIRECT_FLAG, PORT.bit(LATER_PORT_FLAG)}

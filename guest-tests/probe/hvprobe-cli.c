@@ -1152,9 +1152,14 @@ static int read_irq_counts(struct case_watch *w, int watches, uint64_t *counts)
 	return 0;
 }
 
-/* One case's call, its JSON object captured without its newline. */
+/*
+ * One case's call, its JSON object captured without its newline. The process
+ * moves to the call's CPU first, where the module makes the call without a
+ * worker, and stays there for the next case on that CPU.
+ */
 static int run_case_call(int argc, char **argv, char **json)
 {
+	static int64_t pinned = -1;
 	FILE *out = stdout;
 	size_t len = 0;
 	struct opts o;
@@ -1167,6 +1172,8 @@ static int run_case_call(int argc, char **argv, char **json)
 		return fail(EXIT_FAILURE, "cases: %s", strerror(errno));
 	}
 	rc = parse_options(argc, argv, &o);
+	if (!rc && !o.user && pinned != o.cpu)
+		pinned = pin_to_cpu(o.cpu) ? -1 : (int64_t)o.cpu;
 	if (!rc)
 		rc = cmd_hypercall(&o);
 	fclose(stdout);

@@ -373,9 +373,12 @@ static int hvprobe_irqs(struct hvprobe_irqs *q)
 	 * A fence first: the CPU runs a work item, which it can only do with
 	 * interrupts on, so an interrupt already pending in its APIC (one a
 	 * hypercall just asserted, say) has been taken and is counted below.
+	 * This CPU, with interrupts on here, has taken its own already.
 	 */
-	if (cpu_online(q->cpu))
+	migrate_disable();
+	if (q->cpu != smp_processor_id() && cpu_online(q->cpu))
 		work_on_cpu_safe(q->cpu, hvprobe_fence_fn, NULL);
+	migrate_enable();
 	for (v = 0; v < HVPROBE_VECTORS; v++) {
 		q->counts[v] = READ_ONCE(per_cpu(hvprobe_irq_counts, q->cpu)[v]);
 		q->in_service[v] =
@@ -645,7 +648,15 @@ static int hvprobe_hypercall(struct hvprobe_hypercall *hc)
 	gpa = page_to_phys(pc->buffer);
 	mutex_lock(&pc->lock);
 	hvprobe_hypercall_prepare(hc, buf, gpa, &job.regs);
-	err = work_on_cpu_safe(hc->cpu, hvprobe_hypercall_fn, &job);
+	/* A caller already on that CPU (cases pins itself) needs no worker */
+	migrate_disable();
+	if (hc->cpu == smp_processor_id()) {
+		err = hvprobe_hypercall_fn(&job);
+		migrate_enable();
+	} else {
+		migrate_enable();
+		err = work_on_cpu_safe(hc->cpu, hvprobe_hypercall_fn, &job);
+	}
 	if (!err) {
 		hc->rax = job.trap < 0 ? job.regs.rax : 0;
 		hc->trap = job.trap;
