@@ -1,5 +1,5 @@
 """The contract fuzzer (orchestrator/fuzz.py) in a guest: random calls of
-both kinds, each checked against the row of docs/contract.toml that applies
+both kinds, each checked against the row of orchestrator/contract.toml that applies
 first, with its effect (one bit and one interrupt) or none. A fixed seed
 here; `make fuzz SEED=... CASES=...` for more."""
 

@@ -1,4 +1,4 @@
-"""HvCallSignalEventDirect (0x00C0), row by row of docs/contract.toml, from
+"""HvCallSignalEventDirect (0x00C0), row by row of orchestrator/contract.toml, from
 inside a guest (the probe) and from the host (the SIEF page over QMP).
 
 Every error row asserts its status and that nothing changed: no flag in the

@@ -1,5 +1,5 @@
 """HvCallSignalEvent (0x005D) through event ports, row by row of
-docs/contract.toml (E1..E7, and C1..C3 as they apply to this call), from
+orchestrator/contract.toml (E1..E7, and C1..C3 as they apply to this call), from
 inside a guest (the probe) and from the host (SIEF pages and the port table
 over QMP).
 

@@ -367,7 +367,7 @@ def parser() -> argparse.ArgumentParser:
     # Everything from the first word of the command on is the command's
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     verb("demo", cmd_demo, "the demonstration")
-    fuzz = verb("fuzz", cmd_fuzz, "random calls checked against docs/contract.toml")
+    fuzz = verb("fuzz", cmd_fuzz, "random calls checked against orchestrator/contract.toml")
     fuzz.add_argument("--seed", type=int, default=1)
     fuzz.add_argument("--cases", type=int, default=400)
     signal_bench = verb("bench-signal", cmd_bench_signal, "per-call cost of the signalling paths")

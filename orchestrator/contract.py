@@ -1,4 +1,4 @@
-"""The contract (docs/contract.toml): the rows every test and report reads."""
+"""The contract (orchestrator/contract.toml): the rows every test and report reads."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import tomllib
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from enum import IntEnum
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-CONTRACT_FILE = Path(__file__).resolve().parent.parent / "docs" / "contract.toml"
+# Package data, so that an installed orchestrator finds it without the tree
+CONTRACT = resources.files("orchestrator") / "contract.toml"
 
 
 class HvStatus(IntEnum):
@@ -47,7 +50,7 @@ class Row:
         return self.tested.startswith("guest-tests/")
 
 
-def load(path: Path = CONTRACT_FILE) -> tuple[Row, ...]:
+def load(path: Traversable | Path = CONTRACT) -> tuple[Row, ...]:
     with path.open("rb") as source:
         data = tomllib.load(source)
     return tuple(

@@ -1,5 +1,5 @@
 """Which contract rows a test run showed from inside a guest, read from the
-tests that ran and passed rather than from what docs/contract.toml claims.
+tests that ran and passed rather than from what orchestrator/contract.toml claims.
 
 A test shows a row when its parameter id starts with the row id (`D5-vp-2`,
 or `C1+D3`, where C1 decides) or when it carries `@pytest.mark.contract_rows`.

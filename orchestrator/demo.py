@@ -240,7 +240,7 @@ class Demo:
                 want = HvStatus(status).name
             rows.append((case.row_id, case.example, want, got, "ok" if got == want else "DIFFERS"))
         self.out("")
-        self.out("The contract's error rows (docs/contract.toml), one example each:")
+        self.out("The contract's error rows (orchestrator/contract.toml), one example each:")
         self.table(("row", "example", "contract", "this QEMU", ""), rows)
 
     def table(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

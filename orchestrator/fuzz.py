@@ -1,6 +1,6 @@
 """The contract fuzzer: random HvCallSignalEventDirect and HvCallSignalEvent
 calls, drawn towards the edges of every row, each checked against the row of
-docs/contract.toml that the contract says applies first.
+orchestrator/contract.toml that the contract says applies first.
 
 The guest's state is fixed for a run: both vCPUs have their SynIC on, SINT 2
 unmasked, SINT 3 unmasked in polling mode, every other SINT masked; the host

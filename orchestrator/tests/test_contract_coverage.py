@@ -58,9 +58,7 @@ def test_a_file_that_never_ran_is_not_judged() -> None:
 
 
 def test_every_tested_path_in_the_contract_exists() -> None:
-    from orchestrator.contract import CONTRACT_FILE
-
-    root = CONTRACT_FILE.parent.parent
+    root = Path(__file__).resolve().parents[2]
     for row in load():
         if row.has_guest_test:
             assert (root / row.tested).is_file(), row
