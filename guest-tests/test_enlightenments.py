@@ -31,6 +31,7 @@ from orchestrator.hvdefs import (
 from orchestrator.polling import eventually
 from orchestrator.probe import Probe, SimMessage, slot_flags
 from orchestrator.signal_direct import fast_direct_call
+from orchestrator.synic_setup import synic_on
 from orchestrator.vm import Vm
 
 ENLIGHTENED_CPU = (
@@ -56,16 +57,12 @@ def probe(fresh_vm: Vm) -> Probe:
 
 @pytest.fixture
 def synic(probe: Probe) -> Iterator[Probe]:
-    probe.synic_setup(CPU)
-    probe.sim(CPU, SINT, clear=True)
-    probe.sint(CPU, SINT, VECTOR)
-    try:
-        yield probe
-    finally:
-        for timer in (1, 2, 3):
-            probe.wrmsr(stimer_config_msr(timer), 0, cpu=CPU)
-        probe.sint(CPU, SINT, VECTOR, masked=True)
-        probe.synic_teardown(CPU)
+    with synic_on(probe, CPU, {SINT: VECTOR}):
+        try:
+            yield probe
+        finally:
+            for timer in (1, 2, 3):
+                probe.wrmsr(stimer_config_msr(timer), 0, cpu=CPU)
 
 
 def ref_time(probe: Probe, cpu: int = CPU) -> int:

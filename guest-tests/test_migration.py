@@ -60,6 +60,7 @@ def arrange(vm: Vm) -> Saved:
     """A SynIC on the target, a port with a connection, and one flag set by
     each call: the state every way must carry."""
     probe = Probe(vm.guest)
+    # Not undone: the VM is this test's own, and what is arranged is what moves
     probe.synic_setup(TARGET)
     probe.sint(TARGET, SINT, VECTOR)
     HostPorts(vm.qmp).create(PORT)

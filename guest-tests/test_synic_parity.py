@@ -15,6 +15,7 @@ import shlex
 import struct
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 
@@ -26,6 +27,7 @@ from orchestrator.polling import eventually
 from orchestrator.post_message import message_call, message_input
 from orchestrator.probe import HypercallArgs, Probe, SimMessage, slot_flags
 from orchestrator.signal_direct import direct_call
+from orchestrator.synic_setup import SintSetup, synic_on
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
 
@@ -45,19 +47,14 @@ def vector_of(cpu: int, sint: int) -> int:
 @pytest.fixture
 def all_sints(probe: Probe) -> Iterator[None]:
     """Both vCPUs' SynICs on, all 16 SINTs unmasked, the AUTO_EOI_SINTS auto-EOI."""
-    for cpu in (0, 1):
-        probe.synic_setup(cpu)
-        for sint in range(16):
-            probe.sief(cpu, sint, clear=True)
-            probe.sim(cpu, sint, clear=True)
-            probe.sint(cpu, sint, vector_of(cpu, sint), auto_eoi=sint in AUTO_EOI_SINTS)
-    try:
-        yield
-    finally:
+    with ExitStack() as synics:
         for cpu in (0, 1):
-            for sint in range(16):
-                probe.sint(cpu, sint, vector_of(cpu, sint), masked=True)
-            probe.synic_teardown(cpu)
+            sints = {
+                sint: SintSetup(vector_of(cpu, sint), auto_eoi=sint in AUTO_EOI_SINTS)
+                for sint in range(16)
+            }
+            synics.enter_context(synic_on(probe, cpu, sints))
+        yield
 
 
 def taken(probe: Probe, cpu: int, vector: int) -> tuple[int, int]:

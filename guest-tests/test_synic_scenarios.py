@@ -20,6 +20,7 @@ from orchestrator.hvdefs import FAST, Call, Msr
 from orchestrator.polling import eventually
 from orchestrator.post_message import message_call
 from orchestrator.probe import Probe, SimMessage, decode_sief_page, slot_flags
+from orchestrator.synic_setup import synic_on
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
 
@@ -34,17 +35,8 @@ T = TypeVar("T")
 @contextmanager
 def synic(probe: Probe, cpu: int, sint: int, vector: int) -> Iterator[None]:
     """SynIC enabled on `cpu` with SIEF and SIM pages, `sint` unmasked with `vector`."""
-    probe.synic_setup(cpu)
-    # QEMU keeps the overlay pages' contents across a SynIC disable (as a
-    # migration needs), so an earlier test's flags or messages may be there.
-    probe.sief(cpu, sint, clear=True)
-    probe.sim(cpu, sint, clear=True)
-    probe.sint(cpu, sint, vector)
-    try:
+    with synic_on(probe, cpu, {sint: vector}):
         yield
-    finally:
-        probe.sint(cpu, sint, vector, masked=True)
-        probe.synic_teardown(cpu)
 
 
 def signal_event(probe: Probe, connection: int, flag: int = 0, cpu: int = 0) -> int | None:

@@ -26,6 +26,7 @@ from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallArgs, Probe
 from orchestrator.signal_direct import direct_call, fast_direct_call
 from orchestrator.signal_event import event_call
+from orchestrator.synic_setup import synic_on
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
 
@@ -83,19 +84,17 @@ class PathCost:
 @contextmanager
 def signal_targets(vm: Vm, probe: Probe) -> Iterator[None]:
     """The target's SynIC, the port and its connection, hyperv-testdev's connection."""
-    probe.synic_setup(TARGET)
-    probe.sint(TARGET, SINT, VECTOR)
     testdev = HypervTestDev(probe)
-    HostPorts(vm.qmp).create(PORT)
-    HostPorts(vm.qmp).connect(CONNECTION, PORT.port_id)
-    testdev.evt_conn_create(TARGET, SINT, DEVICE_CONNECTION)
-    try:
-        yield
-    finally:
-        testdev.evt_conn_destroy(DEVICE_CONNECTION)
-        HostPorts(vm.qmp).clear()
-        probe.sint(TARGET, SINT, VECTOR, masked=True)
-        probe.synic_teardown(TARGET)
+    ports = HostPorts(vm.qmp)
+    with synic_on(probe, TARGET, {SINT: VECTOR}):
+        ports.create(PORT)
+        ports.connect(CONNECTION, PORT.port_id)
+        testdev.evt_conn_create(TARGET, SINT, DEVICE_CONNECTION)
+        try:
+            yield
+        finally:
+            testdev.evt_conn_destroy(DEVICE_CONNECTION)
+            ports.clear()
 
 
 def timed_calls(probe: Probe, args: HypercallArgs, calls: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from orchestrator.qmp import QmpCommandError
 from orchestrator.signal_direct import direct_call, direct_input, newly_signaled
 from orchestrator.signal_event import event_call
 from orchestrator.synic import HostSynic
+from orchestrator.synic_setup import synic_on
 from orchestrator.vm import Vm
 
 CALLER, TARGET, SINT, VECTOR, FLAG = 0, 1, 2, 0xE2, 42
@@ -125,21 +126,9 @@ class Demo:
             after - before,
         )
 
-    @contextmanager
-    def synic_on_target(self) -> Iterator[None]:
-        self.probe.synic_setup(TARGET)
-        # QEMU's SIEF page keeps its flags across a SynIC disable: start clean.
-        self.probe.sief(TARGET, SINT, clear=True)
-        self.probe.sint(TARGET, SINT, VECTOR)
-        try:
-            yield
-        finally:
-            self.probe.sint(TARGET, SINT, VECTOR, masked=True)
-            self.probe.synic_teardown(TARGET)
-
     def run(self) -> None:
         out = self.out
-        with self.synic_on_target():
+        with synic_on(self.probe, TARGET, {SINT: VECTOR}):
             host = HostSynic(self.vm.qmp).state()[TARGET]
             out(
                 f"SynIC on vCPU {TARGET}: SIEF page at {host.sief_gpa:#x} (per x-query-synic), "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 from orchestrator.contract import Row, load, row
@@ -29,6 +29,7 @@ from orchestrator.probe import HypercallArgs, HypercallResult, Probe, Watch
 from orchestrator.signal_direct import ANY_VP, SELF_PARTITION, VP_INDEX_SELF, direct_call
 from orchestrator.signal_direct import direct_input as encode_direct
 from orchestrator.signal_event import event_call
+from orchestrator.synic_setup import SintSetup, synic_on
 from orchestrator.vm import Vm
 
 CPUS = (0, 1)
@@ -169,25 +170,22 @@ class Fuzzer:
     @contextmanager
     def arranged(self) -> Iterator[None]:
         """The fixed state every case is predicted against; undone on exit."""
-        for cpu in CPUS:
-            self.probe.synic_setup(cpu)
-            for sint, vector in VECTORS.items():
-                self.probe.sint(cpu, sint, vector, polling=sint in POLLING)
-                self.probe.sief(cpu, sint, clear=True)
+        sints = {
+            sint: SintSetup(vector, polling=sint in POLLING) for sint, vector in VECTORS.items()
+        }
         ports = HostPorts(self.vm.qmp)
-        try:
-            for port in (*PORTS, DELETED_PORT):
-                ports.create(port)
-            for connection, port_id in CONNECTIONS.items():
-                ports.connect(connection, port_id)
-            ports.delete(DELETED_PORT.port_id)
-            yield
-        finally:
-            ports.clear()
+        with ExitStack() as synics:
             for cpu in CPUS:
-                for sint, vector in VECTORS.items():
-                    self.probe.sint(cpu, sint, vector, masked=True)
-                self.probe.synic_teardown(cpu)
+                synics.enter_context(synic_on(self.probe, cpu, sints))
+            try:
+                for port in (*PORTS, DELETED_PORT):
+                    ports.create(port)
+                for connection, port_id in CONNECTIONS.items():
+                    ports.connect(connection, port_id)
+                ports.delete(DELETED_PORT.port_id)
+                yield
+            finally:
+                ports.clear()
 
     def run(self, batch: Sequence[Case]) -> list[Outcome]:
         """Runs `batch` in the guest (`hvprobe cases`: each call, then the

@@ -6,10 +6,12 @@ vector, and those on every other vector the suites give SINTs."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from orchestrator.probe import Probe
 from orchestrator.synic import HostSynic
+from orchestrator.synic_setup import synic_on
 from orchestrator.vm import Vm
 
 # The vectors the guest suites program into SINTs. Linux gives devices
@@ -43,6 +45,7 @@ class SiefWatch:
         self.vector = vector
         self.cpus = cpus
         self.sief_gpa: dict[int, int] = {}
+        self._synics = ExitStack()
 
     @property
     def ready(self) -> tuple[int, ...]:
@@ -50,15 +53,13 @@ class SiefWatch:
 
     def setup(self, cpu: int) -> None:
         """SynIC, SIEF and SIM pages on, the SINT unmasked with the vector."""
-        state = self.probe.synic_setup(cpu)
+        state = self._synics.enter_context(synic_on(self.probe, cpu, {self.sint: self.vector}))
         self.sief_gpa[cpu] = state.sief_gpa
-        self.probe.sint(cpu, self.sint, self.vector)
 
     def teardown(self) -> None:
         for cpu in self.ready:
             self.clear(cpu)
-            self.probe.sint(cpu, self.sint, self.vector, masked=True)
-            self.probe.synic_teardown(cpu)
+        self._synics.close()
         self.sief_gpa.clear()
 
     def host_page(self, cpu: int | None = None) -> dict[int, frozenset[int]]:

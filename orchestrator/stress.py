@@ -26,6 +26,7 @@ from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallArgs, Probe, RaceResult
 from orchestrator.signal_direct import direct_call
 from orchestrator.signal_event import event_call
+from orchestrator.synic_setup import synic_on
 from orchestrator.vm import Vm
 
 SINT, VECTOR, FLAG = 2, 0xE2, 33
@@ -168,16 +169,14 @@ def _target_state(probe: Probe, target: int, state: TargetState) -> Iterator[Non
 @contextmanager
 def stress_target(vm: Vm, probe: Probe, target: int) -> Iterator[None]:
     """The target's SynIC and SINT, and a port to its flag for SignalEvent."""
-    probe.synic_setup(target)
-    probe.sint(target, SINT, VECTOR)
-    HostPorts(vm.qmp).create(Port(0x10, vp=target, sint=SINT, base_flag=FLAG))
-    HostPorts(vm.qmp).connect(CONNECTION, 0x10)
-    try:
-        yield
-    finally:
-        HostPorts(vm.qmp).clear()
-        probe.sint(target, SINT, VECTOR, masked=True)
-        probe.synic_teardown(target)
+    ports = HostPorts(vm.qmp)
+    with synic_on(probe, target, {SINT: VECTOR}):
+        ports.create(Port(0x10, vp=target, sint=SINT, base_flag=FLAG))
+        ports.connect(CONNECTION, 0x10)
+        try:
+            yield
+        finally:
+            ports.clear()
 
 
 def run_batches(
