@@ -1127,8 +1127,11 @@ static bool parse_watch(const char *text, struct case_watch *w, int *count)
 	return *count > 0;
 }
 
-/* The counts of every watched CPU: one read each (the module fences it) */
-static int read_irq_counts(struct case_watch *w, int watches, uint64_t *counts)
+/*
+ * The counts of every watched CPU, one read each: after a fence on the CPUs in
+ * @fence (a bit per watch, for its CPU), as they are on the others.
+ */
+static int read_irq_counts(struct case_watch *w, int watches, uint64_t *counts, uint32_t fence)
 {
 	struct hvprobe_irqs q;
 	int i, j, rc;
@@ -1142,6 +1145,10 @@ static int read_irq_counts(struct case_watch *w, int watches, uint64_t *counts)
 		}
 		memset(&q, 0, sizeof(q));
 		q.cpu = w[i].cpu;
+		for (j = i; j < watches; j++)
+			if (w[j].cpu == w[i].cpu && fence & (1U << j))
+				break;
+		q.flags = j < watches ? 0 : HVPROBE_IRQS_NO_FENCE;
 		rc = call(HVPROBE_IOC_IRQS, &q, "irqs");
 		if (rc)
 			return rc;
@@ -1183,10 +1190,16 @@ static int run_case_call(int argc, char **argv, char **json)
 	return rc;
 }
 
-/* The watched slots after a case, read and cleared, then their interrupts */
-static int observe_case(struct case_watch *w, int watches)
+/*
+ * The watched slots after a case, read and cleared, then their interrupts.
+ * A fence (dear under TCG: the other vCPU must wake) is only needed on a CPU
+ * where the call set a flag, and so owes an interrupt; the last case fences
+ * every CPU, so that no interrupt, due or not, goes uncounted.
+ */
+static int observe_case(struct case_watch *w, int watches, bool last)
 {
 	uint64_t counts[CASES_WATCH_MAX];
+	uint32_t fence = last ? ~0U : 0;
 	int i, rc;
 
 	fputs(", \"flags\": [", stdout);
@@ -1197,11 +1210,13 @@ static int observe_case(struct case_watch *w, int watches)
 		rc = call(HVPROBE_IOC_SLOT, &slot, "sief");
 		if (rc)
 			return rc;
+		if (!slot_is_clear(slot.data, sizeof(slot.data)))
+			fence |= 1U << i;
 		fputs(i ? ", {" : "{", stdout);
 		print_sief_flags(slot.data);
 		putchar('}');
 	}
-	rc = read_irq_counts(w, watches, counts);
+	rc = read_irq_counts(w, watches, counts, fence);
 	if (rc)
 		return rc;
 	fputs("], \"irqs\": [", stdout);
@@ -1238,7 +1253,7 @@ static int run_cases(struct opts *o, struct case_watch *w, int watches)
 			printf("%s{\"call\": %s", cases > 1 ? ", " : "", json);
 		free(json);
 		if (!rc)
-			rc = observe_case(w, watches);
+			rc = observe_case(w, watches, i >= o->nargs);
 		putchar('}');
 	}
 	fputs("]}\n", stdout);
@@ -1258,7 +1273,7 @@ static int cmd_cases(struct opts *o)
 	{
 		uint64_t counts[CASES_WATCH_MAX];
 
-		rc = read_irq_counts(w, watches, counts);
+		rc = read_irq_counts(w, watches, counts, ~0U);
 		if (rc)
 			return rc;
 		for (i = 0; i < watches; i++)

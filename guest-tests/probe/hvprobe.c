@@ -367,7 +367,7 @@ static int hvprobe_irqs(struct hvprobe_irqs *q)
 {
 	unsigned int v;
 
-	if (q->cpu >= nr_cpu_ids || !cpu_possible(q->cpu))
+	if (q->cpu >= nr_cpu_ids || !cpu_possible(q->cpu) || q->flags & ~HVPROBE_IRQS_NO_FENCE)
 		return -EINVAL;
 	/*
 	 * A fence first: the CPU runs a work item, which it can only do with
@@ -376,7 +376,8 @@ static int hvprobe_irqs(struct hvprobe_irqs *q)
 	 * This CPU, with interrupts on here, has taken its own already.
 	 */
 	migrate_disable();
-	if (q->cpu != smp_processor_id() && cpu_online(q->cpu))
+	if (!(q->flags & HVPROBE_IRQS_NO_FENCE) && q->cpu != smp_processor_id() &&
+	    cpu_online(q->cpu))
 		work_on_cpu_safe(q->cpu, hvprobe_fence_fn, NULL);
 	migrate_enable();
 	for (v = 0; v < HVPROBE_VECTORS; v++) {

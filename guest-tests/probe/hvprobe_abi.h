@@ -116,9 +116,16 @@ struct hvprobe_pages {
 	__u32 pad;
 };
 
+/*
+ * The counts are read after a fence on @cpu (a work item run there), so that
+ * an interrupt already pending in its APIC is counted; NO_FENCE reads them as
+ * they are.
+ */
+#define HVPROBE_IRQS_NO_FENCE	(1U << 0)
+
 struct hvprobe_irqs {
 	__u32 cpu;			/* in */
-	__u32 pad;
+	__u32 flags;			/* in: HVPROBE_IRQS_* */
 	__u64 counts[HVPROBE_VECTORS];	/* out: interrupts taken, per vector */
 	/*
 	 * out: of those, the ones whose vector was already in service in the
