@@ -80,14 +80,40 @@ def _pick(rng: random.Random, common: Sequence[int], edges: Sequence[int]) -> in
     return rng.choice(common) if rng.random() < 0.75 else rng.choice(edges)
 
 
-def _control_fault(rng: random.Random, args: HypercallArgs) -> tuple[HypercallArgs, str] | None:
-    """Now and then a call that C1 or C3 catches before its own checks."""
+# Buffers C3 refuses, beside a misaligned input: where they are (the output in
+# ROM, in MMIO or beyond RAM, the input in MMIO or beyond RAM), an input that
+# crosses a page, and input and output overlapping. The probe's buffer spans
+# pages, and its default output area is at OUTPUT_AREA.
+OUTPUT_AREA = 8192
+HOSTILE_PLACES: tuple[dict[str, int], ...] = (
+    {"out_gpa": 0xFFFFF000},  # the BIOS ROM
+    {"out_gpa": 0xFED00000},  # HPET
+    {"out_gpa": 0x1000_0000_0000},  # beyond RAM
+    {"in_gpa": 0xFEC00000},  # the I/O APIC
+    {"in_gpa": 0x1000_0000_0000},
+    {"in_offset": 4088},  # 16 bytes from here cross into the next page
+    # The 8-byte output inside the 16-byte input, over its first or last half
+    {"in_offset": OUTPUT_AREA, "out_offset": OUTPUT_AREA},
+    {"in_offset": OUTPUT_AREA, "out_offset": OUTPUT_AREA + 8},
+)
+
+
+def _control_fault(
+    rng: random.Random, args: HypercallArgs
+) -> tuple[HypercallArgs, str, str] | None:
+    """Now and then a call that C1 or C3 catches before its own checks: the
+    call, the row, and what was done to it (for the case's label)."""
     draw = rng.random()
     if draw < 0.06:
         bit = rng.choice(BAD_CONTROL)
-        return replace(args, control=args.control | bit), "C1"
+        return replace(args, control=args.control | bit), "C1", f"control|={bit:#x}"
     if draw < 0.12 and not args.fast:
-        return replace(args, in_offset=rng.randrange(1, 8)), "C3"
+        offset = rng.randrange(1, 8)
+        return replace(args, in_offset=offset), "C3", f"in_offset={offset}"
+    if draw < 0.16 and not args.fast and args.control == Call.SIGNAL_EVENT_DIRECT:
+        place = rng.choice(HOSTILE_PLACES)
+        note = " ".join(f"{key}={value:#x}" for key, value in place.items())
+        return replace(args, **place), "C3", note  # type: ignore[arg-type]
     return None
 
 
@@ -115,7 +141,8 @@ def direct_case(rng: random.Random) -> Case:
         return Case(label + " fast", fast, "C4", broken=("C4", *broken))
     fault = _control_fault(rng, args)
     if fault:
-        return Case(label, fault[0], fault[1], broken=(fault[1], *broken))
+        faulty, row_id, note = fault
+        return Case(f"{label} {note}", faulty, row_id, broken=(row_id, *broken))
     if broken:
         return Case(label, args, broken[0], broken=broken)
     return Case(label, args, "D7", (vp, sint, flag))
@@ -146,7 +173,8 @@ def event_case(rng: random.Random) -> Case:
     broken = tuple(row_id for row_id, applies in checks if applies)
     fault = _control_fault(rng, args)
     if fault:
-        return Case(label, fault[0], fault[1], broken=(fault[1], *broken))
+        faulty, row_id, note = fault
+        return Case(f"{label} {note}", faulty, row_id, broken=(row_id, *broken))
     if broken:
         return Case(label, args, broken[0], broken=broken)
     assert port is not None
