@@ -181,10 +181,25 @@ def event_case(rng: random.Random) -> Case:
     return Case(label, args, "E7", (port.vp, port.sint, port.bit(flag)))
 
 
+# Not a row of the table: a call from CPL 3 raises #UD and does nothing
+# (SEMANTICS.md, below the C rows), whatever else it breaks.
+USER_MODE = "CPL3"
+
+
+def _from_user_mode(rng: random.Random, case: Case) -> Case:
+    """Now and then the case's call made from CPL 3 instead."""
+    if rng.random() >= 0.02 or case.args.xmm:
+        return case
+    return Case(f"{case.label} cpl3", replace(case.args, user=True), USER_MODE)
+
+
 def cases(seed: int, count: int) -> list[Case]:
     """`count` cases, half for each call, the same for the same seed."""
     rng = random.Random(seed)
-    return [direct_case(rng) if i % 2 == 0 else event_case(rng) for i in range(count)]
+    return [
+        _from_user_mode(rng, direct_case(rng) if i % 2 == 0 else event_case(rng))
+        for i in range(count)
+    ]
 
 
 class Fuzzer:
@@ -237,6 +252,12 @@ class Fuzzer:
         flags: dict[tuple[int, int], frozenset[int]],
         delta: dict[tuple[int, int], int],
     ) -> str | None:
+        if case.row_id == USER_MODE:
+            if not call.ud:
+                return f"status {call.status!r} from CPL 3, not #UD"
+            if any(flags.values()) or any(delta.values()):
+                return f"#UD, but SIEF flags {flags} and interrupts {delta}"
+            return None
         want = row(case.row_id, self.rows).status
         control = case.args.control
         if not self.direct_in_qemu and control & 0xFFFF == Call.SIGNAL_EVENT_DIRECT:

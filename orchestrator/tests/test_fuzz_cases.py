@@ -4,7 +4,15 @@ reachable, and each prediction consistent with the inputs it was drawn for."""
 from __future__ import annotations
 
 from orchestrator.contract import load
-from orchestrator.fuzz import CONNECTIONS, CPUS, LIVE_PORTS, VECTORS, cases, pairs_covered
+from orchestrator.fuzz import (
+    CONNECTIONS,
+    CPUS,
+    LIVE_PORTS,
+    USER_MODE,
+    VECTORS,
+    cases,
+    pairs_covered,
+)
 from orchestrator.probe import FLAGS_PER_SLOT
 
 
@@ -13,11 +21,12 @@ def test_same_seed_same_cases_other_seed_other_cases() -> None:
     assert cases(7, 50) != cases(8, 50)
 
 
-def test_every_row_but_c2_is_drawn() -> None:
+def test_every_row_but_c2_is_drawn_and_calls_from_cpl3() -> None:
     rows = {case.row_id for case in cases(1, 400)}
-    assert rows == {"C1", "C3", "C4"} | {f"D{n}" for n in range(1, 8)} | {
+    assert rows == {"C1", "C3", "C4", USER_MODE} | {f"D{n}" for n in range(1, 8)} | {
         f"E{n}" for n in range(1, 8)
     }
+    assert all(case.args.user for case in cases(1, 400) if case.row_id == USER_MODE)
 
 
 def test_successes_target_a_live_vp_sint_and_bit() -> None:
@@ -44,7 +53,7 @@ def test_event_successes_land_inside_their_port() -> None:
 def test_the_deciding_row_is_the_first_broken_in_the_contracts_order() -> None:
     order = [row.id for row in load()]
     for case in cases(9, 600):
-        if case.row_id in ("D7", "E7"):
+        if case.row_id in ("D7", "E7", USER_MODE):
             assert case.broken == (), case
             continue
         assert case.broken[0] == case.row_id, case
