@@ -8,8 +8,8 @@ bytes, the flag in both views and exactly one interrupt on the target."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import pytest
@@ -17,6 +17,9 @@ import pytest
 from orchestrator.accel import Accel
 from orchestrator.command import HYPERV_CPU
 from orchestrator.contract import HvStatus, load, ordered_pairs, row
+from orchestrator.error_case import ErrorCase, unchanged
+from orchestrator.error_case import State as ErrorState
+from orchestrator.error_case import msr_set as target_msr_set
 from orchestrator.expect import direct_reaches_qemu, expected_direct_status
 from orchestrator.hvdefs import PRIVILEGE_POST_MESSAGES, PRIVILEGE_SIGNAL_EVENTS, Msr
 from orchestrator.probe import (
@@ -92,59 +95,47 @@ def clean(target: SiefWatch) -> SiefWatch:
     return target
 
 
-# --- error rows: (row, label, the call, a change of SynIC state around it) ---
+# --- error rows: the call, and a change of SynIC state around it ---
 
-State = Callable[[Probe], AbstractContextManager[None]]
+Case = ErrorCase[Probe]
+State = ErrorState[Probe]
 
 
 def msr_set(msr: int, value: int) -> State:
-    @contextmanager
-    def around(probe: Probe) -> Iterator[None]:
-        saved = probe.rdmsr(msr, cpu=TARGET).value
-        assert not probe.wrmsr(msr, value, cpu=TARGET).gp
-        try:
-            yield
-        finally:
-            probe.wrmsr(msr, saved, cpu=TARGET)
-
-    return around
+    return target_msr_set(msr, value, TARGET)
 
 
-def unchanged(probe: Probe) -> AbstractContextManager[None]:
-    return nullcontext()
-
-
-ERROR_CASES: list[tuple[str, str, HypercallArgs, State]] = [
-    ("C1", "rep-count", call(control=CALL | 1 << 32), unchanged),
-    ("C1", "rep-start", call(control=CALL | 1 << 48), unchanged),
-    ("C1", "var-header", call(control=CALL | 1 << 17), unchanged),
-    ("C1", "reserved-27", call(control=CALL | 1 << 27), unchanged),
-    ("C1", "reserved-44", call(control=CALL | 1 << 44), unchanged),
-    ("C1", "reserved-60", call(control=CALL | 1 << 60), unchanged),
-    ("C1", "nested", call(control=CALL | 1 << 31), unchanged),
-    *[("C3", f"input-misaligned-{n}", call(in_offset=n), unchanged) for n in range(1, 8)],
-    *[("C3", f"output-misaligned-{n}", call(out_offset=OUT + n), unchanged) for n in range(1, 8)],
-    ("C3", "input-crosses-page-4088", call(in_offset=4088), unchanged),
-    ("C3", "overlap", call(in_offset=OUT, out_offset=OUT + 8), unchanged),
-    ("C3", "input-in-mmio", call(in_gpa=0xFEC00000), unchanged),
-    ("C3", "input-beyond-ram", call(in_gpa=0x1000_0000_0000), unchanged),
-    ("C3", "output-in-rom", call(out_gpa=0xFFFFF000), unchanged),
-    ("C4", "fast", call(control=CALL | FAST, fast=True, input=direct_input()[:16]), unchanged),
-    ("D1", "partition-0", call(input=direct_input(partition=0)), unchanged),
-    ("D1", "partition-1", call(input=direct_input(partition=1)), unchanged),
-    ("D1", "partition-self-minus-1", call(input=direct_input(partition=2**64 - 2)), unchanged),
-    ("D2", "vtl-1", call(input=direct_input(vtl=1)), unchanged),
-    ("D2", "vtl-2", call(input=direct_input(vtl=2)), unchanged),
-    ("D3", "sint-16", call(input=direct_input(sint=16)), unchanged),
-    ("D3", "sint-255", call(input=direct_input(sint=255)), unchanged),
-    ("D4", "flag-2048", call(input=direct_input(flag=2048)), unchanged),
-    ("D4", "flag-65535", call(input=direct_input(flag=65535)), unchanged),
-    ("D5", "vp-2", call(input=direct_input(vp=2)), unchanged),
-    ("D5", "vp-self", call(input=direct_input(vp=VP_INDEX_SELF)), unchanged),
-    ("D5", "any-vp", call(input=direct_input(vp=ANY_VP)), unchanged),
-    ("D6", "scontrol-disabled", call(), msr_set(SCONTROL, 0)),
-    ("D6", "siefp-disabled", call(), msr_set(SIEFP, 0)),
-    ("D6", "sint-masked", call(), msr_set(SINT0 + SINT, 1 << 16 | VECTOR)),
+ERROR_CASES: list[Case] = [
+    Case("C1", "rep-count", call(control=CALL | 1 << 32)),
+    Case("C1", "rep-start", call(control=CALL | 1 << 48)),
+    Case("C1", "var-header", call(control=CALL | 1 << 17)),
+    Case("C1", "reserved-27", call(control=CALL | 1 << 27)),
+    Case("C1", "reserved-44", call(control=CALL | 1 << 44)),
+    Case("C1", "reserved-60", call(control=CALL | 1 << 60)),
+    Case("C1", "nested", call(control=CALL | 1 << 31)),
+    *[Case("C3", f"input-misaligned-{n}", call(in_offset=n)) for n in range(1, 8)],
+    *[Case("C3", f"output-misaligned-{n}", call(out_offset=OUT + n)) for n in range(1, 8)],
+    Case("C3", "input-crosses-page-4088", call(in_offset=4088)),
+    Case("C3", "overlap", call(in_offset=OUT, out_offset=OUT + 8)),
+    Case("C3", "input-in-mmio", call(in_gpa=0xFEC00000)),
+    Case("C3", "input-beyond-ram", call(in_gpa=0x1000_0000_0000)),
+    Case("C3", "output-in-rom", call(out_gpa=0xFFFFF000)),
+    Case("C4", "fast", call(control=CALL | FAST, fast=True, input=direct_input()[:16])),
+    Case("D1", "partition-0", call(input=direct_input(partition=0))),
+    Case("D1", "partition-1", call(input=direct_input(partition=1))),
+    Case("D1", "partition-self-minus-1", call(input=direct_input(partition=2**64 - 2))),
+    Case("D2", "vtl-1", call(input=direct_input(vtl=1))),
+    Case("D2", "vtl-2", call(input=direct_input(vtl=2))),
+    Case("D3", "sint-16", call(input=direct_input(sint=16))),
+    Case("D3", "sint-255", call(input=direct_input(sint=255))),
+    Case("D4", "flag-2048", call(input=direct_input(flag=2048))),
+    Case("D4", "flag-65535", call(input=direct_input(flag=65535))),
+    Case("D5", "vp-2", call(input=direct_input(vp=2))),
+    Case("D5", "vp-self", call(input=direct_input(vp=VP_INDEX_SELF))),
+    Case("D5", "any-vp", call(input=direct_input(vp=ANY_VP))),
+    Case("D6", "scontrol-disabled", call(), msr_set(SCONTROL, 0)),
+    Case("D6", "siefp-disabled", call(), msr_set(SIEFP, 0)),
+    Case("D6", "sint-masked", call(), msr_set(SINT0 + SINT, 1 << 16 | VECTOR)),
 ]
 
 
@@ -161,19 +152,15 @@ def output_as_laid_out(args: HypercallArgs) -> bytes:
     return bytes(area)
 
 
-@pytest.mark.parametrize(
-    ("row_id", "args", "state"),
-    [pytest.param(r, a, s, id=f"{r}-{label}") for r, label, a, s in ERROR_CASES],
-)
-def test_error_row(
-    clean: SiefWatch, accel: Accel, row_id: str, args: HypercallArgs, state: State
-) -> None:
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in ERROR_CASES])
+def test_error_row(clean: SiefWatch, accel: Accel, case: Case) -> None:
+    row_id, args = case.row_id, case.args
     # A stock KVM answers 0x00C0 itself (orchestrator/expect.py): its status,
     # and still nothing changed.
     expected = expected_direct_status(accel, row(row_id, ROWS).status, args.control)
     args = with_xmm0_fill(args)
     before = clean.snapshot()
-    with state(clean.probe):
+    with case.around(clean.probe):
         result = clean.probe.hypercall_with(args)
     assert not result.ud
     assert result.status == expected, f"{row_id}: got {result.status!r}, rax {result.rax!r}"
@@ -295,7 +282,7 @@ def test_error_row_c2_without_the_signal_events_privilege(fresh_vm: Vm, accel: A
 
 
 def test_every_row_with_a_guest_test_has_cases_here() -> None:
-    covered = {case[0] for case in ERROR_CASES} | {"C2", "D7"}
+    covered = {case.row_id for case in ERROR_CASES} | {"C2", "D7"}
     assert covered == {
         r.id for r in ROWS if r.call in ("common", "SignalEventDirect") and r.has_guest_test
     }

@@ -12,13 +12,14 @@ both views, exactly one interrupt there on a newly set flag, none elsewhere."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import pytest
 
 from orchestrator.command import HYPERV_CPU
 from orchestrator.contract import HvStatus, load, ordered_pairs, row
+from orchestrator.error_case import ErrorCase, State, msr_set, unchanged
 from orchestrator.hvdefs import PRIVILEGE_SIGNAL_EVENTS, SINT_MASKED, Msr
 from orchestrator.polling import eventually
 from orchestrator.ports import HostPorts, Port
@@ -92,7 +93,7 @@ def irqs_plus(before: Snapshot, cpu: int) -> tuple[int, ...]:
 
 # --- error rows: (row, label, what to arrange first, the call) ---
 
-Arrange = Callable[[Env], AbstractContextManager[None]]
+Arrange = State[Env]
 
 
 def connected(port: Port = PORT, connection: int = CONN) -> Arrange:
@@ -115,24 +116,14 @@ def then(first: Arrange, step: Callable[[Env], None]) -> Arrange:
     return arrange
 
 
-def nothing(env: Env) -> AbstractContextManager[None]:
-    return nullcontext()
+nothing: Arrange = unchanged
 
 
 def target_msr(msr: int, value: int) -> Arrange:
-    """`msr` of the target VP set to `value` around the call alone: the
+    """`msr` of the target VP set to `value`, for around the call alone: the
     snapshots on either side need the SynIC as set up."""
-
-    @contextmanager
-    def around(env: Env) -> Iterator[None]:
-        saved = env.probe.rdmsr(msr, cpu=TARGET).value
-        assert not env.probe.wrmsr(msr, value, cpu=TARGET).gp
-        try:
-            yield
-        finally:
-            env.probe.wrmsr(msr, saved, cpu=TARGET)
-
-    return around
+    on_probe = msr_set(msr, value, TARGET)
+    return lambda env: on_probe(env.probe)
 
 
 @contextmanager
@@ -144,28 +135,24 @@ def device_connection(env: Env) -> Iterator[None]:
         env.testdev.evt_conn_destroy(DEVICE_CONN)
 
 
-@dataclass(frozen=True)
-class ErrorCase:
-    row_id: str
-    label: str
-    arrange: Arrange  # before the first snapshot
-    args: HypercallArgs
-    around: Arrange = nothing  # around the call alone
+Case = ErrorCase[Env]
 
-
-ERROR_CASES: list[ErrorCase] = [
-    ErrorCase(
-        "C1", "reserved-control-bit-27", connected(), event_call(CONN, control=CALL_CODE | 1 << 27)
+ERROR_CASES: list[Case] = [
+    Case(
+        "C1",
+        "reserved-control-bit-27",
+        event_call(CONN, control=CALL_CODE | 1 << 27),
+        arrange=connected(),
     ),
-    ErrorCase("C1", "rep-count", connected(), event_call(CONN, control=CALL_CODE | 1 << 32)),
+    Case("C1", "rep-count", event_call(CONN, control=CALL_CODE | 1 << 32), arrange=connected()),
     *[
-        ErrorCase("C3", f"input-misaligned-{n}", connected(), event_call(CONN, in_offset=n))
+        Case("C3", f"input-misaligned-{n}", event_call(CONN, in_offset=n), arrange=connected())
         for n in (1, 4, 7)
     ],
-    ErrorCase("C3", "input-in-mmio", connected(), event_call(CONN, in_gpa=0xFEC00000)),
-    ErrorCase("C3", "input-beyond-ram", connected(), event_call(CONN, in_gpa=0x1000_0000_0000)),
+    Case("C3", "input-in-mmio", event_call(CONN, in_gpa=0xFEC00000), arrange=connected()),
+    Case("C3", "input-beyond-ram", event_call(CONN, in_gpa=0x1000_0000_0000), arrange=connected()),
     *[
-        ErrorCase(row_id, f"{label}-{form}", connected(), args)
+        Case(row_id, f"{label}-{form}", args, arrange=connected())
         for form, fast in (("memory", False), ("fast", True))
         for row_id, label, args in (
             ("E1", "connection-bit-24", event_call(CONN | 1 << 24, fast=fast)),
@@ -174,47 +161,53 @@ ERROR_CASES: list[ErrorCase] = [
             ("E1", "rsvdz-bit-15", event_call(CONN, 1, fast=fast, reserved=0x8000)),
         )
     ],
-    ErrorCase("E2", "never-connected", nothing, event_call(0x77)),
-    ErrorCase("E2", "port-id-is-no-connection", connected(), event_call(PORT.port_id)),
-    ErrorCase(
+    Case("E2", "never-connected", event_call(0x77)),
+    Case("E2", "port-id-is-no-connection", event_call(PORT.port_id), arrange=connected()),
+    Case(
         "E2",
         "disconnected",
-        then(connected(), lambda env: HostPorts(env.vm.qmp).disconnect(CONN)),
         event_call(CONN),
+        arrange=then(connected(), lambda env: HostPorts(env.vm.qmp).disconnect(CONN)),
     ),
-    ErrorCase(
+    Case(
         "E3",
         "port-deleted",
-        then(connected(), lambda env: HostPorts(env.vm.qmp).delete(PORT.port_id)),
         event_call(CONN),
+        arrange=then(connected(), lambda env: HostPorts(env.vm.qmp).delete(PORT.port_id)),
     ),
-    ErrorCase("E3", "message-port", connected(replace(PORT, type="message")), event_call(CONN)),
-    ErrorCase("E3", "monitor-port", connected(replace(PORT, type="monitor")), event_call(CONN)),
-    ErrorCase("E4", "flag-count", connected(), event_call(CONN, PORT.flag_count)),
-    ErrorCase("E4", "flag-65535", connected(), event_call(CONN, 0xFFFF)),
-    ErrorCase("E4", "flag-count-fast", connected(), event_call(CONN, PORT.flag_count, fast=True)),
-    ErrorCase("E4", "count-1-flag-1", connected(replace(PORT, flag_count=1)), event_call(CONN, 1)),
-    ErrorCase("E4", "device-owned-flag-1", device_connection, event_call(DEVICE_CONN, 1)),
-    ErrorCase("E5", "vp-2", connected(replace(PORT, vp=2)), event_call(CONN)),
-    ErrorCase("E5", "vp-any", connected(replace(PORT, vp=0xFFFFFFFF)), event_call(CONN)),
-    ErrorCase(
-        "E6", "scontrol-disabled", connected(), event_call(CONN), target_msr(Msr.SCONTROL, 0)
+    Case("E3", "message-port", event_call(CONN), arrange=connected(replace(PORT, type="message"))),
+    Case("E3", "monitor-port", event_call(CONN), arrange=connected(replace(PORT, type="monitor"))),
+    Case("E4", "flag-count", event_call(CONN, PORT.flag_count), arrange=connected()),
+    Case("E4", "flag-65535", event_call(CONN, 0xFFFF), arrange=connected()),
+    Case(
+        "E4", "flag-count-fast", event_call(CONN, PORT.flag_count, fast=True), arrange=connected()
     ),
-    ErrorCase("E6", "siefp-disabled", connected(), event_call(CONN), target_msr(Msr.SIEFP, 0)),
-    ErrorCase(
+    Case(
+        "E4", "count-1-flag-1", event_call(CONN, 1), arrange=connected(replace(PORT, flag_count=1))
+    ),
+    Case("E4", "device-owned-flag-1", event_call(DEVICE_CONN, 1), arrange=device_connection),
+    Case("E5", "vp-2", event_call(CONN), arrange=connected(replace(PORT, vp=2))),
+    Case("E5", "vp-any", event_call(CONN), arrange=connected(replace(PORT, vp=0xFFFFFFFF))),
+    Case(
+        "E6",
+        "scontrol-disabled",
+        event_call(CONN),
+        target_msr(Msr.SCONTROL, 0),
+        arrange=connected(),
+    ),
+    Case("E6", "siefp-disabled", event_call(CONN), target_msr(Msr.SIEFP, 0), arrange=connected()),
+    Case(
         "E6",
         "sint-masked",
-        connected(),
         event_call(CONN),
         target_msr(Msr.SINT0 + SINT, SINT_MASKED | VECTOR),
+        arrange=connected(),
     ),
 ]
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(case, id=f"{case.row_id}-{case.label}") for case in ERROR_CASES]
-)
-def test_error_row(clean: Env, case: ErrorCase) -> None:
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in ERROR_CASES])
+def test_error_row(clean: Env, case: Case) -> None:
     with case.arrange(clean):
         before = clean.watch.snapshot()
         with case.around(clean):

@@ -8,12 +8,13 @@ does instead (#UD under TCG, INVALID_HYPERCALL_CODE from a stock KVM)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from orchestrator.contract import HvStatus, Row, load
+from orchestrator.error_case import ErrorCase, msr_set
 from orchestrator.expect import expected_direct_status
-from orchestrator.hvdefs import FAST, SINT_MASKED, Call
+from orchestrator.hvdefs import FAST, SINT_MASKED, Call, Msr
 from orchestrator.ports import HostPorts, Port
 from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
 from orchestrator.qmp import QmpCommandError
@@ -50,15 +51,11 @@ class Step:
     interrupts: int
 
 
-@dataclass(frozen=True)
-class ErrorCase:
-    row_id: str
-    example: str
-    args: HypercallArgs
-    masked: bool = False
+def sint_masked(probe: Probe) -> AbstractContextManager[None]:
+    return msr_set(Msr.SINT0 + SINT, SINT_MASKED | VECTOR, TARGET)(probe)
 
 
-ERROR_CASES = (
+ERROR_CASES: tuple[ErrorCase[Probe], ...] = (
     ErrorCase(
         "C1",
         "rep count 1 on a simple call",
@@ -83,7 +80,7 @@ ERROR_CASES = (
     ErrorCase("D3", "TargetSint 16", direct_call(TARGET, 16, FLAG)),
     ErrorCase("D4", "FlagNumber 2048", direct_call(TARGET, SINT, 2048)),
     ErrorCase("D5", "TargetVp 7 (2 vCPUs)", direct_call(7, SINT, FLAG)),
-    ErrorCase("D6", "target SINT masked", direct_call(TARGET, SINT, FLAG), masked=True),
+    ErrorCase("D6", "target SINT masked", direct_call(TARGET, SINT, FLAG), sint_masked),
     ErrorCase("E1", "ConnectionId bit 24", event_call(CONNECTION | 1 << 24)),
     ErrorCase("E2", "ConnectionId 0x77 (none)", event_call(0x77)),
     ErrorCase(
@@ -91,7 +88,7 @@ ERROR_CASES = (
         f"FlagNumber {PORT.flag_count} (count {PORT.flag_count})",
         event_call(CONNECTION, PORT.flag_count),
     ),
-    ErrorCase("E6", "port's SINT masked", event_call(CONNECTION), masked=True),
+    ErrorCase("E6", "port's SINT masked", event_call(CONNECTION), sint_masked),
 )
 
 
@@ -213,13 +210,8 @@ class Demo:
         expected = {row.id: row for row in contract}
         rows = []
         for case in ERROR_CASES:
-            if case.masked:
-                self.probe.sint_raw(TARGET, SINT, SINT_MASKED | VECTOR)
-            try:
+            with case.around(self.probe):
                 got = describe(self.probe.hypercall_with(case.args))
-            finally:
-                if case.masked:
-                    self.probe.sint(TARGET, SINT, VECTOR)
             want = expected[case.row_id].status.name
             if self.vm.accel is not None and case.args.control & 0xFFFF == Call.SIGNAL_EVENT_DIRECT:
                 # A stock KVM answers 0x00C0 in the kernel (orchestrator/expect.py).
@@ -227,7 +219,7 @@ class Demo:
                     self.vm.accel, expected[case.row_id].status, case.args.control
                 )
                 want = HvStatus(status).name
-            rows.append((case.row_id, case.example, want, got, "ok" if got == want else "DIFFERS"))
+            rows.append((case.row_id, case.label, want, got, "ok" if got == want else "DIFFERS"))
         self.out("")
         self.out("The contract's error rows (orchestrator/contract.toml), one example each:")
         self.table(("row", "example", "contract", "this QEMU", ""), rows)
