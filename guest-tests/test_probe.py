@@ -16,7 +16,7 @@ import time
 import pytest
 
 from orchestrator.errors import HarnessError
-from orchestrator.probe import Insn, Probe, decode_sief_page
+from orchestrator.probe import Insn, PagePlacement, Probe, decode_sief_page
 from orchestrator.ssh import Guest
 from orchestrator.vm import Vm
 
@@ -78,7 +78,7 @@ def test_the_image_loads_the_module_at_boot(vm: Vm, probe: Probe, cpus: range) -
     assert [line.split()[0] for line in modules].count("hvprobe") == 1
     assert vm.guest.run("test -c /dev/hvprobe").rc == 0
     info = probe.info()
-    assert info.abi == 6
+    assert info.abi == 7
     assert info.online_cpus == tuple(cpus)
     assert "__common_interrupt" in info.irq_probes
 
@@ -254,6 +254,17 @@ def test_synic_setup_makes_zeroed_pages_the_host_can_read(vm: Vm, probe: Probe) 
         probe.sief(1, 0)
 
 
+def test_synic_setup_refuses_pages_the_kernel_owns(probe: Probe) -> None:
+    # 16 MiB is the kernel's RAM in every guest here: no memmap= keeps it free
+    in_use = PagePlacement(sief_gpa=0x1000000, sim_gpa=0x1001000)
+    with pytest.raises(HarnessError, match="pages the kernel does not own"):
+        probe.synic_setup(1, at=in_use)
+    assert not probe.pages(1).synic, "nothing was left set up"
+    unaligned = PagePlacement(sief_gpa=0x12FFFF008, sim_gpa=0x12FFFE000)
+    with pytest.raises(HarnessError, match="pages the kernel does not own"):
+        probe.synic_setup(1, at=unaligned)
+
+
 def test_synic_setup_can_leave_each_register_disabled(probe: Probe) -> None:
     try:
         state = probe.synic_setup(0, scontrol=False, sief=False, sim=False)
@@ -365,7 +376,7 @@ def test_without_the_module_the_cli_exits_3_and_the_client_reloads_it(vm: Vm, pr
     absent = vm.guest.run("hvprobe info")
     assert absent.rc == 3
     assert "module loaded" in json.loads(absent.out)["error"]
-    assert probe.info().abi == 6  # the client loaded it again
+    assert probe.info().abi == 7  # the client loaded it again
     assert not probe.pages(1).synic
     log = kernel_log(vm.guest)
     assert "leaked" not in log and "Oops" not in log

@@ -31,8 +31,16 @@ from orchestrator.bench import BootSample, measure_boot
 from orchestrator.command import VmOptions
 from orchestrator.demo import Demo
 from orchestrator.errors import HarnessError
-from orchestrator.fuzz import Fuzzer, pairs_covered, summary
+from orchestrator.fuzz import (
+    TOP_OF_RAM_MEMORY_MB,
+    Fuzzer,
+    fuzz_vm_options,
+    pairs_covered,
+    summary,
+    top_of_ram_pages,
+)
 from orchestrator.probe import Probe
+from orchestrator.progress import Progress
 from orchestrator.vm import Vm
 
 
@@ -183,12 +191,14 @@ def sanitizer_reports(log_dir: Path) -> int:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    options = VmOptions.hyperv(cpus=2, memory_mb=args.memory)
+    # vCPU 1's SynIC pages at the top of RAM need RAM above 4 GiB
+    memory = max(args.memory, TOP_OF_RAM_MEMORY_MB)
     log_dir = new_log_dir("fuzz")
     try:
-        with booted(args, "fuzz", options, log_dir) as vm:
+        with booted(args, "fuzz", fuzz_vm_options(memory), log_dir) as vm:
             _describe(vm)
-            outcomes = Fuzzer(vm, Probe(vm.guest)).fuzz(args.seed, args.cases)
+            fuzzer = Fuzzer(vm, Probe(vm.guest), top_of_ram=top_of_ram_pages(memory))
+            outcomes = fuzzer.fuzz(args.seed, args.cases, progress=Progress("cases"))
     except BaseException:
         sanitizer_reports(log_dir)  # ASan stops QEMU at its first report
         raise

@@ -2,15 +2,17 @@
 calls, drawn towards the edges of every row, each checked against the row of
 orchestrator/contract.toml that the contract says applies first.
 
-The guest's state is fixed for a run: both vCPUs have their SynIC on, SINT 2
-unmasked, SINT 3 unmasked in polling mode, every other SINT masked; the host
-makes the ports in PORTS and the connections in CONNECTIONS (one to a port
-it then deletes). A case passes when its status is the predicted row's and
-its effect is the row's: on success exactly the one bit on the one VP and
-SINT, and one interrupt unless the SINT polls; on an error, no bit and no
-interrupt. The watched SIEF slots are read and cleared after every case, in
-the guest: cases go there in batches (`hvprobe cases`), a few hundred per
-request.
+Both vCPUs have their SynIC on for the whole run, SINT 2 unmasked, SINT 3
+unmasked in polling mode, every other SINT masked; in the fuzzer's own guest
+(fuzz_vm_options) vCPU 1's SynIC pages are the last two pages of RAM. Between
+batches the host deletes every port and makes the next layout's (LAYOUTS),
+re-pointing or deleting connections, so the same ids change meaning.
+
+A case passes when its status is the predicted row's and its effect is the
+row's: on success exactly the one bit on the one VP and SINT, and one
+interrupt unless the SINT polls; on an error, no bit and no interrupt. The
+watched SIEF slots are read and cleared after every case, in the guest:
+cases go there in batches (`hvprobe cases`), a few hundred per request.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
+from orchestrator.command import VmOptions
 from orchestrator.contract import Row, load, row
 from orchestrator.expect import direct_reaches_qemu, stock_kvm_direct_status
 from orchestrator.hvdefs import FAST, Call
 from orchestrator.ports import HostPorts, Port
-from orchestrator.probe import HypercallArgs, HypercallResult, Probe, Watch
+from orchestrator.probe import HypercallArgs, HypercallResult, PagePlacement, Probe, Watch
 from orchestrator.signal_direct import ANY_VP, SELF_PARTITION, VP_INDEX_SELF, direct_call
 from orchestrator.signal_direct import direct_input as encode_direct
 from orchestrator.signal_event import event_call
@@ -40,17 +43,61 @@ WATCH = tuple(Watch(cpu, sint, VECTORS[sint]) for cpu, sint in WATCHED)
 # Control-word bits that make any call C1: rep count, rep start, a reserved bit, nested
 BAD_CONTROL = (1 << 32, 1 << 48, 1 << 27, 1 << 44, 1 << 60, 1 << 31, 1 << 17)
 
-PORTS = (
-    Port(0x40, vp=1, sint=2, base_flag=100, flag_count=8),
-    Port(0x41, vp=0, sint=2, base_flag=0, flag_count=2048),
-    Port(0x42, vp=1, sint=3, base_flag=2040, flag_count=8),
-    Port(0x43, vp=1, sint=2, type="message"),
-    Port(0x44, vp=5, sint=2),
-    Port(0x45, vp=0, sint=9, base_flag=7, flag_count=4),
+
+@dataclass(frozen=True)
+class PortLayout:
+    """The ports and connections the host has made while a batch runs: the
+    live ports, one port made, connected and then deleted, and where each
+    connection points."""
+
+    ports: tuple[Port, ...]
+    deleted: Port
+    connections: dict[int, int]
+
+    @property
+    def live(self) -> dict[int, Port]:
+        return {port.port_id: port for port in self.ports}
+
+
+# The fuzzer goes from one layout to the next between batches, deleting every
+# port and making the next layout's, re-pointing the connections that stay and
+# deleting the one that goes: the same ids come back as other ports.
+LAYOUTS = (
+    PortLayout(
+        ports=(
+            Port(0x40, vp=1, sint=2, base_flag=100, flag_count=8),
+            Port(0x41, vp=0, sint=2, base_flag=0, flag_count=2048),
+            Port(0x42, vp=1, sint=3, base_flag=2040, flag_count=8),
+            Port(0x43, vp=1, sint=2, type="message"),
+            Port(0x44, vp=5, sint=2),
+            Port(0x45, vp=0, sint=9, base_flag=7, flag_count=4),
+        ),
+        deleted=Port(0x46, vp=0, sint=2),
+        connections={0x50 + i: 0x40 + i for i in range(7)},
+    ),
+    PortLayout(
+        ports=(
+            Port(0x40, vp=0, sint=3, base_flag=7, flag_count=16),
+            Port(0x41, vp=1, sint=2, base_flag=0, flag_count=2048),
+            Port(0x43, vp=0, sint=2, base_flag=2000, flag_count=48),
+            Port(0x44, vp=1, sint=9),
+            Port(0x45, vp=5, sint=3, flag_count=2),
+            Port(0x46, vp=1, sint=2, type="monitor"),
+        ),
+        deleted=Port(0x42, vp=1, sint=2, base_flag=1, flag_count=2),
+        connections={
+            0x50: 0x41,
+            0x51: 0x40,
+            0x52: 0x43,
+            0x53: 0x42,
+            0x54: 0x46,
+            0x55: 0x44,
+            0x57: 0x45,  # 0x56 is deleted: E2 here
+        },
+    ),
 )
-DELETED_PORT = Port(0x46, vp=0, sint=2)
-CONNECTIONS = {0x50 + i: port.port_id for i, port in enumerate((*PORTS, DELETED_PORT))}
-LIVE_PORTS = {port.port_id: port for port in PORTS}
+# Cases go to the guest, and the layout changes, this many at a time.
+BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -60,6 +107,7 @@ class Case:
     row_id: str  # the row the contract says applies
     effect: tuple[int, int, int] | None = None  # (cpu, sint, bit) on success
     broken: tuple[str, ...] = ()  # every row whose rule the case breaks, in order
+    layout: int = 0  # the LAYOUTS entry it was predicted against
 
     @property
     def pairs(self) -> set[tuple[str, str]]:
@@ -148,14 +196,14 @@ def direct_case(rng: random.Random) -> Case:
     return Case(label, args, "D7", (vp, sint, flag))
 
 
-def event_case(rng: random.Random) -> Case:
-    connections = list(CONNECTIONS)
+def event_case(rng: random.Random, layout: PortLayout = LAYOUTS[0]) -> Case:
+    connections = list(layout.connections)
     connection = _pick(
         rng,
         connections,
         [0x57, rng.getrandbits(24), rng.choice(connections) | rng.randrange(1, 256) << 24],
     )
-    port = LIVE_PORTS.get(CONNECTIONS.get(connection, -1))
+    port = layout.live.get(layout.connections.get(connection, -1))
     count = port.flag_count if port else 1
     flag = _pick(rng, [0, rng.randrange(count), count - 1], [count, 2047, 2048, 65535])
     reserved = 0 if rng.random() < 0.9 else rng.randrange(1, 1 << 16)
@@ -164,7 +212,7 @@ def event_case(rng: random.Random) -> Case:
     args = event_call(connection, flag, fast=fast, reserved=reserved, cpu=rng.choice(CPUS))
     checks = (
         ("E1", connection >> 24 != 0 or reserved != 0),
-        ("E2", connection not in CONNECTIONS),
+        ("E2", connection not in layout.connections),
         ("E3", port is None or port.type != "event"),
         ("E4", port is not None and flag >= port.flag_count),
         ("E5", port is not None and port.vp not in CPUS),
@@ -193,42 +241,92 @@ def _from_user_mode(rng: random.Random, case: Case) -> Case:
     return Case(f"{case.label} cpl3", replace(case.args, user=True), USER_MODE)
 
 
-def cases(seed: int, count: int) -> list[Case]:
-    """`count` cases, half for each call, the same for the same seed."""
+def layout_of(index: int, batch: int = BATCH) -> int:
+    """The LAYOUTS entry the case at `index` runs under: the next one each batch."""
+    return index // batch % len(LAYOUTS)
+
+
+def cases(seed: int, count: int, batch: int = BATCH) -> list[Case]:
+    """`count` cases, half for each call, the same for the same seed and batch."""
     rng = random.Random(seed)
-    return [
-        _from_user_mode(rng, direct_case(rng) if i % 2 == 0 else event_case(rng))
-        for i in range(count)
-    ]
+    drawn = []
+    for i in range(count):
+        layout = layout_of(i, batch)
+        case = direct_case(rng) if i % 2 == 0 else event_case(rng, LAYOUTS[layout])
+        drawn.append(replace(_from_user_mode(rng, case), layout=layout))
+    return drawn
+
+
+# With fuzz_vm_options(), vCPU TOP_OF_RAM_CPU's SynIC pages are the last two
+# pages of RAM, where no allocator would put them. A q35 machine with 2816 MiB
+# or more has RAM below 4 GiB up to 2 GiB and the rest from 4 GiB on, so its
+# last page has nothing after it; memmap= keeps the guest kernel off the two.
+TOP_OF_RAM_CPU = 1
+TOP_OF_RAM_MEMORY_MB = 2816
+
+
+def top_of_ram_pages(memory_mb: int = TOP_OF_RAM_MEMORY_MB) -> PagePlacement:
+    if memory_mb < TOP_OF_RAM_MEMORY_MB:
+        raise ValueError(f"RAM above 4 GiB needs {TOP_OF_RAM_MEMORY_MB} MiB or more")
+    end = (1 << 32) + (memory_mb << 20) - (2 << 30)
+    return PagePlacement(sief_gpa=end - 4096, sim_gpa=end - 8192)
+
+
+def fuzz_vm_options(memory_mb: int = TOP_OF_RAM_MEMORY_MB) -> VmOptions:
+    """The fuzzer's guest: two vCPUs, the two top pages of RAM kept free."""
+    pages = top_of_ram_pages(memory_mb)
+    return VmOptions.hyperv(
+        cpus=len(CPUS), memory_mb=memory_mb, kernel_args=f"memmap=8K${pages.sim_gpa:#x}"
+    )
 
 
 class Fuzzer:
-    def __init__(self, vm: Vm, probe: Probe, rows: tuple[Row, ...] | None = None) -> None:
+    def __init__(
+        self,
+        vm: Vm,
+        probe: Probe,
+        rows: tuple[Row, ...] | None = None,
+        top_of_ram: PagePlacement | None = None,
+    ) -> None:
+        """`top_of_ram`: where vCPU TOP_OF_RAM_CPU's SynIC pages go, in a
+        guest started with fuzz_vm_options(); None: where the probe puts them."""
         self.vm = vm
         self.probe = probe
         self.rows = rows if rows is not None else load()
+        self.top_of_ram = top_of_ram
         # A stock KVM answers 0x00C0 in the kernel: its answer is predicted there.
         self.direct_in_qemu = vm.accel is None or direct_reaches_qemu(vm.accel)
 
     @contextmanager
     def arranged(self) -> Iterator[None]:
-        """The fixed state every case is predicted against; undone on exit."""
+        """The SynICs every case is predicted against; undone on exit, with
+        every port and connection."""
         sints = {
             sint: SintSetup(vector, polling=sint in POLLING) for sint, vector in VECTORS.items()
         }
-        ports = HostPorts(self.vm.qmp)
         with ExitStack() as synics:
             for cpu in CPUS:
-                synics.enter_context(synic_on(self.probe, cpu, sints))
+                at = self.top_of_ram if cpu == TOP_OF_RAM_CPU else None
+                synics.enter_context(synic_on(self.probe, cpu, sints, at=at))
             try:
-                for port in (*PORTS, DELETED_PORT):
-                    ports.create(port)
-                for connection, port_id in CONNECTIONS.items():
-                    ports.connect(connection, port_id)
-                ports.delete(DELETED_PORT.port_id)
                 yield
             finally:
-                ports.clear()
+                HostPorts(self.vm.qmp).clear()
+
+    def remake(self, old: PortLayout | None, new: PortLayout) -> None:
+        """From `old`'s ports to `new`'s: every old port deleted, the new
+        ones made, connections re-pointed or deleted."""
+        ports = HostPorts(self.vm.qmp)
+        if old is not None:
+            for port in old.ports:
+                ports.delete(port.port_id)
+            for connection in old.connections.keys() - new.connections.keys():
+                ports.disconnect(connection)
+        for port in (*new.ports, new.deleted):
+            ports.create(port)
+        for connection, port_id in new.connections.items():
+            ports.connect(connection, port_id)
+        ports.delete(new.deleted.port_id)
 
     def run(self, batch: Sequence[Case]) -> list[Outcome]:
         """Runs `batch` in the guest (`hvprobe cases`: each call, then the
@@ -284,13 +382,18 @@ class Fuzzer:
         self,
         seed: int,
         count: int,
-        batch: int = 2000,
+        batch: int = BATCH,
         progress: Callable[[int, int], None] = lambda done, total: None,
     ) -> list[Outcome]:
-        todo = cases(seed, count)
+        todo = cases(seed, count, batch)
         outcomes: list[Outcome] = []
+        layout: PortLayout | None = None
         with self.arranged():
             for start in range(0, len(todo), batch):
+                next_layout = LAYOUTS[layout_of(start, batch)]
+                if next_layout is not layout:
+                    self.remake(layout, next_layout)
+                    layout = next_layout
                 outcomes += self.run(todo[start : start + batch])
                 progress(len(outcomes), len(todo))
         return outcomes

@@ -91,6 +91,15 @@ class MsrResult:
 
 
 @dataclass(frozen=True)
+class PagePlacement:
+    """Where a SynIC's SIEF and SIM pages go, when not where the probe would
+    allocate them."""
+
+    sief_gpa: int
+    sim_gpa: int
+
+
+@dataclass(frozen=True)
 class SynicState:
     """What synic-setup or synic-teardown wrote, and which writes raised #GP."""
 
@@ -504,10 +513,19 @@ class Probe:
         return self._parsed(_msr, "wrmsr", "--cpu", cpu, hex(msr), hex(value))
 
     def synic_setup(
-        self, cpu: int, scontrol: bool = True, sief: bool = True, sim: bool = True
+        self,
+        cpu: int,
+        scontrol: bool = True,
+        sief: bool = True,
+        sim: bool = True,
+        at: PagePlacement | None = None,
     ) -> SynicState:
+        """`at`: pages the guest kernel was kept from (memmap=), instead of
+        pages the module allocates."""
         flags = _flag("--no-scontrol", not scontrol) + _flag("--no-sief", not sief)
         flags += _flag("--no-sim", not sim)
+        if at is not None:
+            flags += ["--sief-gpa", hex(at.sief_gpa), "--sim-gpa", hex(at.sim_gpa)]
         return self._parsed(_synic, "synic-setup", "--cpu", cpu, *flags)
 
     def synic_teardown(self, cpu: int) -> SynicState:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from orchestrator.probe import Probe, SynicState
+from orchestrator.probe import PagePlacement, Probe, SynicState
 
 
 @dataclass(frozen=True)
@@ -20,14 +20,20 @@ class SintSetup:
 
 @contextmanager
 def synic_on(
-    probe: Probe, cpu: int, sints: Mapping[int, SintSetup | int], *, scontrol: bool = True
+    probe: Probe,
+    cpu: int,
+    sints: Mapping[int, SintSetup | int],
+    *,
+    scontrol: bool = True,
+    at: PagePlacement | None = None,
 ) -> Iterator[SynicState]:
-    """`cpu`'s SynIC with its SIEF and SIM pages, and each SINT of `sints`
-    (a vector, or a SintSetup) unmasked; on exit those SINTs are masked and
-    the SynIC is off. The SINTs' slots are cleared first: QEMU keeps its
-    overlay pages' contents across a SynIC disable, as a migration needs, so
-    an earlier user's flags or messages may still be there."""
-    state = probe.synic_setup(cpu, scontrol=scontrol)
+    """`cpu`'s SynIC with its SIEF and SIM pages (where the probe allocates
+    them, or `at`), and each SINT of `sints` (a vector, or a SintSetup)
+    unmasked; on exit those SINTs are masked and the SynIC is off. The
+    SINTs' slots are cleared first: QEMU keeps its overlay pages' contents
+    across a SynIC disable, as a migration needs, so an earlier user's flags
+    or messages may still be there."""
+    state = probe.synic_setup(cpu, scontrol=scontrol, at=at)
     unmasked: list[tuple[int, int]] = []
     try:
         for sint, setup in sints.items():

@@ -41,6 +41,7 @@ static const char *const usage_text =
 	"  rdmsr [--cpu N] MSR\n"
 	"  wrmsr [--cpu N] MSR VALUE\n"
 	"  synic-setup [--cpu N] [--no-scontrol] [--no-sief] [--no-sim]\n"
+	"              [--sief-gpa GPA --sim-gpa GPA]  (pages kept from the kernel)\n"
 	"  synic-teardown [--cpu N]\n"
 	"  sint [--cpu N] --sint S (--vector V [--masked] [--auto-eoi] [--polling] | --raw VALUE)\n"
 	"  hypercall [--cpu N] --control C [--fast] [--input HEX] [--in-offset O]\n"
@@ -200,8 +201,8 @@ struct opts {
 	bool has_cpu, has_from, has_sint, has_vector;
 	bool masked, auto_eoi, polling, clear, fast, user;
 	bool no_scontrol, no_sief, no_sim, in_service;
-	bool has_raw, has_control, has_in_gpa, has_out_gpa;
-	uint64_t raw, control, in_gpa, out_gpa;
+	bool has_raw, has_control, has_in_gpa, has_out_gpa, has_sief_gpa, has_sim_gpa;
+	uint64_t raw, control, in_gpa, out_gpa, sief_gpa, sim_gpa;
 	uint32_t in_offset, out_offset, out_len, out_fill, insn, repeat;
 	uint32_t cpus, rounds, calls_per_round, flag;
 	bool has_cpus, has_flag, newly_output, neighbour;
@@ -222,7 +223,7 @@ enum {
 	OPT_OUT_OFFSET, OPT_OUT_LEN, OPT_OUT_FILL, OPT_INSN, OPT_INPUT, OPT_XMM,
 	OPT_REPEAT, OPT_IN_SERVICE, OPT_CPUS, OPT_ROUNDS, OPT_CALLS_PER_ROUND, OPT_FLAG,
 	OPT_NEWLY_OUTPUT,
-	OPT_NEIGHBOUR, OPT_WATCH,
+	OPT_NEIGHBOUR, OPT_WATCH, OPT_SIEF_GPA, OPT_SIM_GPA,
 };
 
 static const struct option long_options[] = {
@@ -243,6 +244,8 @@ static const struct option long_options[] = {
 	{ "control", required_argument, NULL, OPT_CONTROL },
 	{ "in-gpa", required_argument, NULL, OPT_IN_GPA },
 	{ "out-gpa", required_argument, NULL, OPT_OUT_GPA },
+	{ "sief-gpa", required_argument, NULL, OPT_SIEF_GPA },
+	{ "sim-gpa", required_argument, NULL, OPT_SIM_GPA },
 	{ "in-offset", required_argument, NULL, OPT_IN_OFFSET },
 	{ "out-offset", required_argument, NULL, OPT_OUT_OFFSET },
 	{ "out-len", required_argument, NULL, OPT_OUT_LEN },
@@ -363,6 +366,10 @@ static bool apply_option(struct opts *o, int opt, const char *arg)
 		return (o->has_in_gpa = parse_u64(arg, UINT64_MAX, &o->in_gpa));
 	case OPT_OUT_GPA:
 		return (o->has_out_gpa = parse_u64(arg, UINT64_MAX, &o->out_gpa));
+	case OPT_SIEF_GPA:
+		return (o->has_sief_gpa = parse_u64(arg, UINT64_MAX, &o->sief_gpa));
+	case OPT_SIM_GPA:
+		return (o->has_sim_gpa = parse_u64(arg, UINT64_MAX, &o->sim_gpa));
 	case OPT_IN_OFFSET:
 		return parse_u32(arg, UINT32_MAX, &o->in_offset);
 	case OPT_OUT_OFFSET:
@@ -458,6 +465,10 @@ static const char *errno_hint(int err)
 		return "that CPU has no SynIC pages: run synic-setup first";
 	case ENODEV:
 		return "the kernel set up no hypercall page, or the CPU went offline";
+	case EBUSY:
+		return "that CPU's SynIC pages are elsewhere: run synic-teardown first";
+	case EADDRNOTAVAIL:
+		return "--sief-gpa and --sim-gpa must be two pages the kernel does not own (memmap=)";
 	default:
 		return NULL;
 	}
@@ -622,9 +633,14 @@ static int cmd_synic_setup(struct opts *o)
 
 	if (o->nargs)
 		return usage_error("synic-setup takes no arguments");
+	if (o->has_sief_gpa != o->has_sim_gpa)
+		return usage_error("--sief-gpa and --sim-gpa go together");
 	s.flags = (o->no_scontrol ? HVPROBE_SYNIC_NO_SCONTROL : 0) |
 		  (o->no_sief ? HVPROBE_SYNIC_NO_SIEF : 0) |
-		  (o->no_sim ? HVPROBE_SYNIC_NO_SIM : 0);
+		  (o->no_sim ? HVPROBE_SYNIC_NO_SIM : 0) |
+		  (o->has_sief_gpa ? HVPROBE_SYNIC_AT_GPA : 0);
+	s.sief_gpa = o->sief_gpa;
+	s.sim_gpa = o->sim_gpa;
 	rc = call(HVPROBE_IOC_SYNIC_SETUP, &s, "synic-setup");
 	if (!rc)
 		print_synic(&s);

@@ -22,6 +22,8 @@
 #include <linux/cpumask.h>
 #include <linux/delay.h>
 #include <linux/fs.h>
+#include <linux/io.h>
+#include <linux/ioport.h>
 #include <linux/gfp.h>
 #include <linux/kprobes.h>
 #include <linux/kthread.h>
@@ -59,6 +61,8 @@ struct hvprobe_cpu {
 	struct page *buffer;	/* HVPROBE_BUF_PAGES contiguous pages */
 	void *sief;
 	void *sim;
+	u64 sief_gpa, sim_gpa;
+	bool sief_sim_mapped;	/* memremap()ed pages the kernel does not own */
 };
 
 static struct hvprobe_cpu *hvprobe_cpus;
@@ -202,25 +206,87 @@ static int hvprobe_msr(struct hvprobe_msr *m, bool write)
 
 /* SynIC. */
 
-static int hvprobe_synic_alloc(struct hvprobe_cpu *pc)
+static void hvprobe_synic_free(struct hvprobe_cpu *pc)
 {
-	if (!pc->sief)
-		pc->sief = (void *)get_zeroed_page(GFP_KERNEL);
-	if (!pc->sim)
-		pc->sim = (void *)get_zeroed_page(GFP_KERNEL);
-	if (!pc->sief || !pc->sim)
-		return -ENOMEM;
-	memset(pc->sief, 0, PAGE_SIZE);
-	memset(pc->sim, 0, PAGE_SIZE);
+	if (pc->sief_sim_mapped) {
+		memunmap(pc->sief);
+		memunmap(pc->sim);
+	} else {
+		free_page((unsigned long)pc->sief);
+		free_page((unsigned long)pc->sim);
+	}
+	pc->sief = NULL;
+	pc->sim = NULL;
+	pc->sief_gpa = 0;
+	pc->sim_gpa = 0;
+	pc->sief_sim_mapped = false;
+}
+
+/* A page the caller names must be whole and outside the kernel's RAM. */
+static void *hvprobe_map_page(u64 gpa)
+{
+	if (!gpa || !PAGE_ALIGNED(gpa) ||
+	    region_intersects(gpa, PAGE_SIZE, IORESOURCE_SYSTEM_RAM,
+			      IORES_DESC_NONE) != REGION_DISJOINT)
+		return NULL;
+	return memremap(gpa, PAGE_SIZE, MEMREMAP_WB);
+}
+
+static int hvprobe_synic_map(struct hvprobe_cpu *pc, u64 sief_gpa, u64 sim_gpa)
+{
+	if (sief_gpa == sim_gpa)
+		return -EADDRNOTAVAIL;
+	pc->sief = hvprobe_map_page(sief_gpa);
+	pc->sim = hvprobe_map_page(sim_gpa);
+	if (!pc->sief || !pc->sim) {
+		if (pc->sief)
+			memunmap(pc->sief);
+		if (pc->sim)
+			memunmap(pc->sim);
+		pc->sief = NULL;
+		pc->sim = NULL;
+		return -EADDRNOTAVAIL;
+	}
+	pc->sief_gpa = sief_gpa;
+	pc->sim_gpa = sim_gpa;
+	pc->sief_sim_mapped = true;
 	return 0;
 }
 
-static void hvprobe_synic_free(struct hvprobe_cpu *pc)
+static int hvprobe_synic_alloc(struct hvprobe_cpu *pc, const struct hvprobe_synic *s)
 {
-	free_page((unsigned long)pc->sief);
-	free_page((unsigned long)pc->sim);
-	pc->sief = NULL;
-	pc->sim = NULL;
+	bool at_gpa = s->flags & HVPROBE_SYNIC_AT_GPA;
+
+	/*
+	 * Moving the pages needs a teardown first: the MSRs may still point at
+	 * the old ones, which must not be freed while the hypervisor can write.
+	 */
+	if (pc->sief && (pc->sief_sim_mapped != at_gpa ||
+			 (at_gpa && (pc->sief_gpa != s->sief_gpa ||
+				     pc->sim_gpa != s->sim_gpa))))
+		return -EBUSY;
+	if (!pc->sief && at_gpa) {
+		int err = hvprobe_synic_map(pc, s->sief_gpa, s->sim_gpa);
+
+		if (err)
+			return err;
+	}
+	if (!pc->sief) {
+		pc->sief = (void *)get_zeroed_page(GFP_KERNEL);
+		pc->sim = (void *)get_zeroed_page(GFP_KERNEL);
+		if (!pc->sief || !pc->sim) {
+			free_page((unsigned long)pc->sief);
+			free_page((unsigned long)pc->sim);
+			pc->sief = NULL;
+			pc->sim = NULL;
+			return -ENOMEM;
+		}
+		pc->sief_gpa = virt_to_phys(pc->sief);
+		pc->sim_gpa = virt_to_phys(pc->sim);
+	}
+	memset(pc->sief, 0, PAGE_SIZE);
+	memset(pc->sim, 0, PAGE_SIZE);
+	return 0;
 }
 
 static int hvprobe_synic_setup(struct hvprobe_synic *s)
@@ -236,11 +302,11 @@ static int hvprobe_synic_setup(struct hvprobe_synic *s)
 		return err;
 	pc = &hvprobe_cpus[s->cpu];
 	mutex_lock(&pc->lock);
-	err = hvprobe_synic_alloc(pc);
+	err = hvprobe_synic_alloc(pc, s);
 	if (err)
 		goto out;
-	s->sief_gpa = virt_to_phys(pc->sief);
-	s->sim_gpa = virt_to_phys(pc->sim);
+	s->sief_gpa = pc->sief_gpa;
+	s->sim_gpa = pc->sim_gpa;
 	s->siefp = s->sief_gpa | (s->flags & HVPROBE_SYNIC_NO_SIEF ? 0 : HVPROBE_ENABLE);
 	s->simp = s->sim_gpa | (s->flags & HVPROBE_SYNIC_NO_SIM ? 0 : HVPROBE_ENABLE);
 	s->scontrol = s->flags & HVPROBE_SYNIC_NO_SCONTROL ? 0 : HVPROBE_ENABLE;
@@ -348,8 +414,8 @@ static int hvprobe_pages(struct hvprobe_pages *p)
 	pc = &hvprobe_cpus[p->cpu];
 	mutex_lock(&pc->lock);
 	p->synic = pc->sief ? 1 : 0;
-	p->sief_gpa = pc->sief ? virt_to_phys(pc->sief) : 0;
-	p->sim_gpa = pc->sim ? virt_to_phys(pc->sim) : 0;
+	p->sief_gpa = pc->sief_gpa;
+	p->sim_gpa = pc->sim_gpa;
 	mutex_unlock(&pc->lock);
 	p->buffer_gpa = page_to_phys(pc->buffer);
 	p->buffer_bytes = HVPROBE_BUF_BYTES;

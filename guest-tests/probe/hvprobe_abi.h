@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HVPROBE_ABI_VERSION	6
+#define HVPROBE_ABI_VERSION	7
 #define HVPROBE_DEVICE		"/dev/hvprobe"
 
 #define HVPROBE_PAGE_BYTES	4096
@@ -63,7 +63,13 @@ struct hvprobe_msr {
 #define HVPROBE_SYNIC_NO_SCONTROL	(1U << 0)
 #define HVPROBE_SYNIC_NO_SIEF		(1U << 1)
 #define HVPROBE_SYNIC_NO_SIM		(1U << 2)
-#define HVPROBE_SYNIC_FLAGS		0x7U
+/*
+ * The pages at sief_gpa and sim_gpa, which the kernel must not own (kept from
+ * it with memmap=), instead of pages the module allocates: to put a SynIC's
+ * pages where no allocator would, such as the last page of RAM.
+ */
+#define HVPROBE_SYNIC_AT_GPA		(1U << 3)
+#define HVPROBE_SYNIC_FLAGS		0xfU
 
 /* Bits of hvprobe_synic.faults: which writes raised #GP. */
 #define HVPROBE_FAULT_SCONTROL		(1U << 0)
@@ -74,8 +80,8 @@ struct hvprobe_msr {
 struct hvprobe_synic {
 	__u32 cpu;			/* in */
 	__u32 flags;			/* in: HVPROBE_SYNIC_* (setup only) */
-	__u64 sief_gpa;			/* out: the SIEF page (0 after teardown) */
-	__u64 sim_gpa;			/* out: the SIM page (0 after teardown) */
+	__u64 sief_gpa;			/* out: the SIEF page (0 after teardown); in with AT_GPA */
+	__u64 sim_gpa;			/* out: the SIM page (0 after teardown); in with AT_GPA */
 	__u64 scontrol;			/* out: the values written */
 	__u64 siefp;
 	__u64 simp;

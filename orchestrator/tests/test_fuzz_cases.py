@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from orchestrator.contract import load
 from orchestrator.fuzz import (
-    CONNECTIONS,
     CPUS,
-    LIVE_PORTS,
+    LAYOUTS,
     USER_MODE,
     VECTORS,
     cases,
+    fuzz_vm_options,
     pairs_covered,
+    top_of_ram_pages,
 )
 from orchestrator.probe import FLAGS_PER_SLOT
 
@@ -39,15 +40,42 @@ def test_successes_target_a_live_vp_sint_and_bit() -> None:
             assert case.effect is None, case
 
 
-def test_event_successes_land_inside_their_port() -> None:
-    for case in cases(5, 400):
+def test_event_successes_land_inside_their_layouts_port() -> None:
+    seen = set()
+    for case in cases(5, 400, batch=50):
         if case.row_id != "E7":
             continue
+        layout = LAYOUTS[case.layout]
         connection = int.from_bytes(case.args.input[:4], "little")
         flag = int.from_bytes(case.args.input[4:6], "little")
-        port = LIVE_PORTS[CONNECTIONS[connection]]
+        port = layout.live[layout.connections[connection]]
         assert flag < port.flag_count
         assert case.effect == (port.vp, port.sint, port.base_flag + flag)
+        seen.add((case.layout, connection))
+    # Both layouts, and a connection that reaches other ports in each
+    assert {layout for layout, _ in seen} == {0, 1}
+    assert any(connection == 0x50 for layout, connection in seen if layout == 1)
+
+
+def test_the_layout_changes_every_batch_and_each_reaches_every_event_row() -> None:
+    drawn = cases(2, 800, batch=100)
+    assert [case.layout for case in drawn[::100]] == [0, 1] * 4
+    for index in range(len(LAYOUTS)):
+        rows = {c.row_id for c in drawn if c.layout == index and c.row_id.startswith("E")}
+        assert rows == {f"E{n}" for n in range(1, 8)}, (index, rows)
+    # The same ids change meaning: deleted in one, live (and elsewhere) in the other
+    first, second = LAYOUTS
+    assert first.deleted.port_id in second.live and second.deleted.port_id in first.live
+    assert first.connections.keys() - second.connections.keys()
+
+
+def test_top_of_ram_pages_end_ram_above_4_gib_and_are_kept_from_the_kernel() -> None:
+    pages = top_of_ram_pages(2816)
+    # q35 with 2816 MiB: 2 GiB below 4 GiB, 768 MiB from 4 GiB: RAM ends at 0x130000000
+    assert (pages.sief_gpa, pages.sim_gpa) == (0x12FFFF000, 0x12FFFE000)
+    options = fuzz_vm_options()
+    assert options.memory_mb == 2816
+    assert "memmap=8K$0x12fffe000" in options.kernel_args.split()
 
 
 def test_the_deciding_row_is_the_first_broken_in_the_contracts_order() -> None:
