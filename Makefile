@@ -23,7 +23,7 @@ endif
 
 help:
 	@echo "make demo         build everything needed, boot a guest, show what it does"
-	@echo "make test         build everything needed, run all tests under TCG (PYTEST_ARGS=...)"
+	@echo "make test         build everything needed, run all tests under TCG (PYTEST_ARGS=..., JOBS=)"
 	@echo "make test-kvm     the KVM leg: host KVM if usable, else nested KVM in a TCG guest"
 	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
@@ -75,8 +75,12 @@ kvm-modules: image
 kvm-modules-smoke: kvm-modules venv
 	@$(PY) scripts/kvm-modules-smoke.py $(if $(STOCK),--stock)
 
+# JOBS pytest-xdist workers, each with session guests of its own, a test file
+# per worker at a time (module guests are shared within a file). Most of a
+# test's time is a guest booting or waiting, so one more worker than cores.
+JOBS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: qemu image
-	@$(PY) -m pytest $(SANITIZE_LOGS) $(PYTEST_ARGS)
+	@$(PY) -m pytest $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS) --dist loadfile) $(SANITIZE_LOGS) $(PYTEST_ARGS)
 
 # The KVM leg: ACCEL=kvm where the host's KVM is usable, else ACCEL=nested-kvm
 # (the test guest under KVM inside a TCG guest). Runs the `kvm_leg` selection:

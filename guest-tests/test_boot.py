@@ -81,6 +81,7 @@ def test_host_reads_the_bytes_the_guest_wrote(vm: Vm) -> None:
         vm.guest.run("pkill -f /tmp/hold.pl || true")
 
 
+@pytest.mark.long(seconds=14)
 def test_system_reset_over_qmp_reboots_the_guest(fresh_vm: Vm) -> None:
     first = fresh_vm.guest.run("cat /proc/sys/kernel/random/boot_id", check=True).out
     fresh_vm.guest.run("echo before-reset > /root/marker && sync", check=True)

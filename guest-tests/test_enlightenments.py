@@ -43,6 +43,7 @@ XMM_FAST_OUTPUT = 1 << 15  # CPUID 0x40000003 EDX
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.vm_options(cpu=ENLIGHTENED_CPU, extra_args=HYPERV_TESTDEV),
+    pytest.mark.long(seconds=70),  # timers, clocks and a reset, one after another
 ]
 
 CPU, SINT, VECTOR = 1, 3, 0xE3

@@ -203,6 +203,7 @@ def assert_synic_msrs_at_reset_values(probe: Probe, cpus: range) -> None:
         assert [probe.rdmsr(SINT0 + s, cpu=cpu).value for s in range(16)] == [SINT_MASKED] * 16
 
 
+@pytest.mark.long(seconds=15)
 @pytest.mark.hyperv
 def test_system_reset_puts_the_synic_msrs_back(fresh_vm: Vm) -> None:
     """The values at power-on, on a VM no earlier test touched, then the same

@@ -242,6 +242,7 @@ def test_a_disabled_synic_takes_no_sint(probe: Probe, testdev: HypervTestDev, ac
         probe.synic_teardown(cpu)
 
 
+@pytest.mark.long(seconds=26)
 @pytest.mark.hyperv
 def test_reset_after_every_testdev_object(fresh_vm: Vm) -> None:
     probe = Probe(fresh_vm.guest)

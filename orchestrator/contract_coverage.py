@@ -6,6 +6,11 @@ or `C1+D3`, where C1 decides) or when it carries `@pytest.mark.contract_rows`.
 A row's `tested` file is judged only when every test collected from it ran
 and passed: a run narrowed with -k or -m, or with skips (the KVM leg on a
 stock kernel), says so instead of failing.
+
+With pytest-xdist the workers collect and the controller only sees reports:
+each test's rows travel in its report (user property `contract_rows`), and
+since the controller cannot see what -k or -m deselected, such a run judges
+no file.
 """
 
 from __future__ import annotations
@@ -83,26 +88,38 @@ class Coverage:
         ]
 
 
+ROWS_PROPERTY = "contract_rows"
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(
+        config, "workerinput"
+    )
+
+
 class ContractCoveragePlugin:
     """Registered by orchestrator.plugin; one per pytest run."""
 
     def __init__(self) -> None:
         self.coverage = Coverage()
-        self.rows_by_test: dict[str, frozenset[str]] = {}
+        self.narrowed_by_selection = False
 
     def pytest_configure(self, config: pytest.Config) -> None:
         config.addinivalue_line(
             "markers", "contract_rows(*ids): the contract rows this test shows passing"
         )
+        if _is_xdist_controller(config):
+            self.narrowed_by_selection = bool(config.option.keyword or config.option.markexpr)
+        # A file named with some of its tests (file::test) does not run in full
+        for nodeid in narrowed_files(config.args, config.invocation_params.dir, config.rootpath):
+            self.coverage.did_not_pass(nodeid)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
         self, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
-        self.rows_by_test = {item.nodeid: rows_shown(item) for item in items}
-        # A file named with some of its tests (file::test) did not run in full
-        for nodeid in narrowed_files(config.args, config.invocation_params.dir, config.rootpath):
-            self.coverage.did_not_pass(nodeid)
+        for item in items:
+            item.user_properties.append((ROWS_PROPERTY, " ".join(sorted(rows_shown(item)))))
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         for item in items:
@@ -110,10 +127,11 @@ class ContractCoveragePlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.coverage.ran.add(test_file(report.nodeid))
-        if report.failed or report.skipped:
+        if report.failed or report.skipped or self.narrowed_by_selection:
             self.coverage.did_not_pass(report.nodeid)
         elif report.when == "call":
-            self.coverage.passed(report.nodeid, self.rows_by_test.get(report.nodeid, ()))
+            rows = dict(report.user_properties).get(ROWS_PROPERTY, "")
+            self.coverage.passed(report.nodeid, str(rows).split())
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.coverage.missing(load()) and session.exitstatus == pytest.ExitCode.OK:

@@ -18,6 +18,7 @@ the part of the serial, QMP and command logs written while it ran.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -80,6 +81,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kvm_leg: part of the KVM leg (make test-kvm); automatic for hv_vm tests"
     )
+    config.addinivalue_line(
+        "markers", "long(seconds=N): tens of seconds of waiting; its file runs first, longest first"
+    )
     config.stash[live_vms_key] = LiveVms()
     config.pluginmanager.register(ContractCoveragePlugin(), "hvsd-contract-coverage")
     if sanitize.enabled():
@@ -111,6 +115,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         names = set(getattr(item, "fixturenames", ()))
         if "hv_vm" in names and not names & _OTHER_VMS:
             item.add_marker(pytest.mark.kvm_leg)
+    # Files holding a `long` test first, longest first: xdist's workers take
+    # files in this order, and a long wait started last would end the run alone.
+    longest: dict[Path, float] = {}
+    for item in items:
+        if (marker := item.get_closest_marker("long")) is not None:
+            seconds = float(marker.kwargs.get("seconds", 0))
+            longest[item.path] = max(longest.get(item.path, 0.0), seconds)
+    items.sort(key=lambda item: -longest.get(item.path, -1.0))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -165,7 +177,10 @@ def _boot(config: pytest.Config, log_dir: Path, options: VmOptions, name: str) -
 
 
 def _session_vm(config: pytest.Config, name: str, options: VmOptions) -> Iterator[Vm]:
-    booted = _boot(config, _log_root(config) / name, options, name)
+    # Under pytest-xdist every worker has session guests of its own
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    log_dir = _log_root(config) / (f"{name}-{worker}" if worker else name)
+    booted = _boot(config, log_dir, options, name)
     yield booted
     booted.stop()
     config.stash[live_vms_key].vms.pop(name, None)

@@ -72,11 +72,23 @@ class Qmp:
                     f"QEMU did not create its QMP socket within {timeout:.0f}s", self.log
                 )
             time.sleep(0.02)
-        try:
-            self._sync(self._client.connect(str(path)), timeout=10)
-        except (TimeoutError, ConnectError, OSError) as exc:
-            alive()
-            raise HarnessError(f"QMP connection to {path} failed: {exc}", self.log) from None
+        # QEMU binds the socket before it listens: a connection refused in
+        # between is retried (seen with several QEMUs starting at once).
+        while True:
+            try:
+                self._sync(self._client.connect(str(path)), timeout=10)
+                return
+            except (TimeoutError, ConnectError, OSError) as exc:
+                alive()
+                refused = isinstance(exc, ConnectionRefusedError) or isinstance(
+                    getattr(exc, "exc", None), ConnectionRefusedError
+                )
+                if not refused or time.monotonic() > deadline:
+                    raise HarnessError(
+                        f"QMP connection to {path} failed: {exc}", self.log
+                    ) from None
+                self._reset_client()
+                time.sleep(0.05)
 
     def _connect_tcp(
         self, address: tuple[str, int], timeout: float, alive: Callable[[], None]

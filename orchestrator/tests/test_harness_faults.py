@@ -6,9 +6,11 @@ no QEMU, socket or temporary directory behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +44,15 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
     assert not runtime.exists(), "the VM's QMP socket directory is left"
 
 
-def private_tmpdir(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture
+def private_env() -> Iterator[dict[str, str]]:
     """An environment whose temporary files go to a directory of this test's,
-    so that what a child leaves there is its own."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    return {**os.environ, "TMPDIR": str(tmp)}
+    so that what a child leaves there is its own. Short, under /tmp: a QMP
+    socket's path must fit in 108 bytes, which pytest's own temporary
+    directories (deeper under pytest-xdist) can exceed."""
+    tmp = Path(tempfile.mkdtemp(prefix="hvsd-t-", dir="/tmp"))
+    yield {**os.environ, "TMPDIR": str(tmp)}
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def one_line(error: HarnessError) -> str:
@@ -68,6 +73,7 @@ def test_qemu_killed_during_a_test_is_named(vm: Vm) -> None:
     assert message.endswith(f"see {vm.logs.qemu}")
 
 
+@pytest.mark.long(seconds=13)
 def test_guest_panic_is_named(vm: Vm) -> None:
     vm.guest.run("(sleep 1; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &", check=True)
     time.sleep(3)
@@ -96,7 +102,10 @@ def test_dropped_ssh_connection_is_named_and_a_new_one_works(vm: Vm) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_pytest_stops_its_guests(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, signum: signal.Signals
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    private_env: dict[str, str],
+    signum: signal.Signals,
 ) -> None:
     monkeypatch.setenv("HVSD_CACHE", str(CACHE))
     ready = pytester.path / "ready"
@@ -110,7 +119,7 @@ def test_a_signal_to_pytest_stops_its_guests(
             time.sleep(600)
         """
     )
-    env = private_tmpdir(pytester.path)
+    env = {**private_env, "HVSD_CACHE": str(CACHE)}
     inner = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "orchestrator.plugin", "-p", "no:cacheprovider"],
         cwd=pytester.path,
@@ -124,7 +133,9 @@ def test_a_signal_to_pytest_stops_its_guests(
         deadline = time.monotonic() + 240
         while not ready.exists() and inner.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert ready.exists(), "the inner test never got its VM"
+        if not ready.exists():
+            inner.kill()
+            pytest.fail(f"the inner test never got its VM: {inner.communicate()[0]}")
         assert processes_mentioning(str(pytester.path)), "its QEMU should be running"
         # As a terminal's Ctrl-C would: the whole process group of pytest
         os.killpg(inner.pid, signum)
@@ -139,7 +150,7 @@ def test_a_signal_to_pytest_stops_its_guests(
     assert list(Path(env["TMPDIR"]).glob("hvsd-*")) == [], "a QMP socket directory is left"
 
 
-def test_a_full_cache_disk_is_named(tmp_path: Path) -> None:
+def test_a_full_cache_disk_is_named(tmp_path: Path, private_env: dict[str, str]) -> None:
     """The CLI with its cache on a full file system: one line naming the
     cause (exit 2), nothing left running."""
     full = tmp_path / "full"
@@ -155,7 +166,7 @@ def test_a_full_cache_disk_is_named(tmp_path: Path) -> None:
                     filler.write(bytes(4096))
             except OSError:
                 pass
-        env = {**private_tmpdir(tmp_path), "HVSD_CACHE": str(full)}
+        env = {**private_env, "HVSD_CACHE": str(full)}
         result = subprocess.run(
             [sys.executable, "-m", "orchestrator", "run", "true"],
             env=env,
