@@ -92,9 +92,7 @@ ROWS_PROPERTY = "contract_rows"
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
-    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(
-        config, "workerinput"
-    )
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
 
 
 class ContractCoveragePlugin:
