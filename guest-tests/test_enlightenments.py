@@ -29,8 +29,9 @@ from orchestrator.hvdefs import (
     stimer_vector,
 )
 from orchestrator.polling import eventually
-from orchestrator.probe import Probe, SimMessage, slot_flags
+from orchestrator.probe import Probe
 from orchestrator.signal_direct import fast_direct_call
+from orchestrator.synic_pages import SimMessage, slot_flags
 from orchestrator.synic_setup import synic_on
 from orchestrator.vm import Vm
 

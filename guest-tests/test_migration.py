@@ -21,10 +21,11 @@ from orchestrator.migration import load_from_file, migrate_live, save_to_file
 from orchestrator.polling import eventually
 from orchestrator.ports import HostPorts, Port, PortTable
 from orchestrator.post_message import message_call
-from orchestrator.probe import Probe, SimMessage, slot_flags
+from orchestrator.probe import Probe
 from orchestrator.signal_direct import direct_call, newly_signaled
 from orchestrator.signal_event import event_call
 from orchestrator.synic import HostSynic, SynicInfo
+from orchestrator.synic_pages import SimMessage, slot_flags
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
 

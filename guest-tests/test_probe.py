@@ -16,8 +16,9 @@ import time
 import pytest
 
 from orchestrator.errors import HarnessError
-from orchestrator.probe import Insn, PagePlacement, Probe, decode_sief_page
+from orchestrator.probe import Insn, PagePlacement, Probe
 from orchestrator.ssh import Guest
+from orchestrator.synic_pages import decode_sief_page
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm

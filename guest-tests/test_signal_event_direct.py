@@ -22,12 +22,7 @@ from orchestrator.error_case import State as ErrorState
 from orchestrator.error_case import msr_set as target_msr_set
 from orchestrator.expect import direct_reaches_qemu, expected_direct_status
 from orchestrator.hvdefs import PRIVILEGE_POST_MESSAGES, PRIVILEGE_SIGNAL_EVENTS, Msr
-from orchestrator.probe import (
-    HypercallArgs,
-    HypercallResult,
-    Probe,
-    slot_flags,
-)
+from orchestrator.probe import HypercallArgs, HypercallResult, Probe
 from orchestrator.sief_watch import SiefWatch, sief_page
 from orchestrator.signal_direct import (
     ANY_VP,
@@ -39,6 +34,7 @@ from orchestrator.signal_direct import (
 )
 from orchestrator.signal_direct import direct_input as encode_input
 from orchestrator.synic import HostSynic
+from orchestrator.synic_pages import slot_flags
 from orchestrator.vm import Vm
 
 pytestmark = pytest.mark.vm

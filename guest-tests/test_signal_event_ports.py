@@ -23,10 +23,11 @@ from orchestrator.error_case import ErrorCase, State, msr_set, unchanged
 from orchestrator.hvdefs import PRIVILEGE_SIGNAL_EVENTS, SINT_MASKED, Msr
 from orchestrator.polling import eventually
 from orchestrator.ports import HostPorts, Port
-from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
+from orchestrator.probe import HypercallArgs, HypercallResult, Probe
 from orchestrator.qmp import QmpCommandError
 from orchestrator.sief_watch import SiefWatch, Snapshot
 from orchestrator.signal_event import CALL_CODE, event_call
+from orchestrator.synic_pages import slot_flags
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm
 

@@ -25,8 +25,9 @@ from orchestrator.expect import expected_direct_status
 from orchestrator.hvdefs import FAST, Call
 from orchestrator.polling import eventually
 from orchestrator.post_message import message_call, message_input
-from orchestrator.probe import HypercallArgs, Probe, SimMessage, slot_flags
+from orchestrator.probe import HypercallArgs, Probe
 from orchestrator.signal_direct import direct_call
+from orchestrator.synic_pages import SimMessage, slot_flags
 from orchestrator.synic_setup import SintSetup, synic_on
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm

@@ -19,7 +19,8 @@ from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import FAST, Call, Msr
 from orchestrator.polling import eventually
 from orchestrator.post_message import message_call
-from orchestrator.probe import Probe, SimMessage, decode_sief_page, slot_flags
+from orchestrator.probe import Probe
+from orchestrator.synic_pages import SimMessage, decode_sief_page, slot_flags
 from orchestrator.synic_setup import synic_on
 from orchestrator.testdev import HypervTestDev
 from orchestrator.vm import Vm

@@ -26,11 +26,12 @@ from orchestrator.contract import HvStatus, load, row
 from orchestrator.expect import expected_direct_status
 from orchestrator.hvdefs import Msr
 from orchestrator.ports import HostPorts, Port
-from orchestrator.probe import HypercallResult, Probe, slot_flags
+from orchestrator.probe import HypercallResult, Probe
 from orchestrator.sief_watch import SiefWatch, Snapshot
 from orchestrator.signal_direct import CALL_CODE, OUTPUT_BYTES, direct_call
 from orchestrator.signal_event import event_call
 from orchestrator.synic import HostSynic
+from orchestrator.synic_pages import slot_flags
 from orchestrator.vm import Vm
 
 CPUS = 4

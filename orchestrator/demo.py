@@ -16,11 +16,12 @@ from orchestrator.error_case import ErrorCase, msr_set
 from orchestrator.expect import expected_direct_status
 from orchestrator.hvdefs import FAST, SINT_MASKED, Call, Msr
 from orchestrator.ports import HostPorts, Port
-from orchestrator.probe import HypercallArgs, HypercallResult, Probe, slot_flags
+from orchestrator.probe import HypercallArgs, HypercallResult, Probe
 from orchestrator.qmp import QmpCommandError
 from orchestrator.signal_direct import direct_call, direct_input, newly_signaled
 from orchestrator.signal_event import event_call
 from orchestrator.synic import HostSynic
+from orchestrator.synic_pages import slot_flags
 from orchestrator.synic_setup import synic_on
 from orchestrator.vm import Vm
 

@@ -1,10 +1,10 @@
-"""A typed client of the in-guest probe (guest-tests/probe), and SIEF decoding.
+"""A typed client of the in-guest probe (guest-tests/probe).
 
 `Probe(guest)` runs `hvprobe ...` in the guest over SSH, parses the one JSON
 object it prints and returns a dataclass; every failure is a HarnessError
 with a one-line cause. If the module is not loaded (hvprobe exits with 3),
-the client loads it once and retries. `decode_sief_page` is the host-side
-view of a SIEF page read over QMP. guest-tests/README.md documents the CLI.
+the client loads it once and retries. The pages it reads are decoded by
+orchestrator/synic_pages.py. guest-tests/README.md documents the CLI.
 """
 
 from __future__ import annotations
@@ -19,15 +19,11 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 from orchestrator.errors import HarnessError
 from orchestrator.ssh import CommandResult
+from orchestrator.synic_pages import SLOT_BYTES, check_size
 
 HVPROBE = "/usr/local/bin/hvprobe"
 LOAD_MODULE = "busybox modprobe hvprobe"
 EXIT_NO_MODULE = 3
-
-PAGE_BYTES = 4096
-SINT_COUNT = 16
-SLOT_BYTES = 256
-FLAGS_PER_SLOT = SLOT_BYTES * 8
 
 UD_VECTOR = 6
 Insn = Literal["vmcall", "vmmcall", "page", "native"]
@@ -156,52 +152,6 @@ class HypercallResult:
         return self.xmm[0] if self.xmm else None
 
 
-@dataclass(frozen=True)
-class SimMessage:
-    """The header of a SIM slot (TLFS HV_MESSAGE) and its payload."""
-
-    message_type: int
-    payload_size: int
-    message_flags: int
-    payload: bytes
-
-    @classmethod
-    def from_slot(cls, slot: bytes) -> SimMessage:
-        _check_size(slot, SLOT_BYTES, "SIM slot")
-        return cls(
-            message_type=int.from_bytes(slot[0:4], "little"),
-            payload_size=slot[4],
-            message_flags=slot[5],
-            payload=slot[16:],
-        )
-
-
-def _check_size(data: bytes, size: int, what: str) -> None:
-    if len(data) != size:
-        raise HarnessError(f"a {what} is {size} bytes, got {len(data)}")
-
-
-def slot_flags(slot: bytes) -> frozenset[int]:
-    """The flag numbers set in one 256-byte SIEF slot (flag n: bit n%8 of byte n/8)."""
-    _check_size(slot, SLOT_BYTES, "SIEF slot")
-    return frozenset(
-        index * 8 + bit
-        for index, byte in enumerate(slot)
-        if byte
-        for bit in range(8)
-        if byte >> bit & 1
-    )
-
-
-def decode_sief_page(page: bytes) -> dict[int, frozenset[int]]:
-    """Every SINT of a 4096-byte SIEF page (read over QMP) to its set flag numbers."""
-    _check_size(page, PAGE_BYTES, "SIEF page")
-    return {
-        sint: slot_flags(page[sint * SLOT_BYTES : (sint + 1) * SLOT_BYTES])
-        for sint in range(SINT_COUNT)
-    }
-
-
 def _opt(name: str, value: int | str | None) -> list[str]:
     return [] if value is None else [name, str(value)]
 
@@ -280,7 +230,7 @@ def _hypercall(d: dict[str, Any]) -> HypercallResult:
 
 def _slot_bytes(d: dict[str, Any]) -> bytes:
     data = bytes.fromhex(d["bytes"])
-    _check_size(data, SLOT_BYTES, "slot")
+    check_size(data, SLOT_BYTES, "slot")
     return data
 
 

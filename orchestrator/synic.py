@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.errors import HarnessError
-from orchestrator.probe import decode_sief_page
 from orchestrator.qmp import Qmp
+from orchestrator.synic_pages import decode_sief_page
 
 PAGE_MASK = ~0xFFF
 ENABLE = 1

@@ -14,7 +14,7 @@ from orchestrator.fuzz import (
     pairs_covered,
     top_of_ram_pages,
 )
-from orchestrator.probe import FLAGS_PER_SLOT
+from orchestrator.synic_pages import FLAGS_PER_SLOT
 
 
 def test_same_seed_same_cases_other_seed_other_cases() -> None:

@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import HarnessError
-from orchestrator.probe import (
-    HypercallArgs,
-    Probe,
-    SimMessage,
-    decode_sief_page,
-    slot_flags,
-)
+from orchestrator.probe import HypercallArgs, Probe
 from orchestrator.ssh import CommandResult
+from orchestrator.synic_pages import SimMessage, decode_sief_page, slot_flags
 
 
 def page_with(flags: dict[int, list[int]]) -> bytes:
