@@ -175,9 +175,14 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     with booted(args, "demo", VmOptions.hyperv(cpus=args.cpus, memory_mb=args.memory)) as vm:
         _describe(vm)
-        Demo(vm).run()
+        report = Demo(vm).run()
+    if args.json:
+        _print_json(args, dataclasses.asdict(report))
+    else:
+        for line in report.lines():
+            print(line)
     print("shut down cleanly")
-    return 0
+    return 0 if all(row.ok for row in report.errors) else EXIT_CONTRACT
 
 
 def sanitizer_reports(log_dir: Path) -> int:
@@ -320,7 +325,7 @@ DEFAULTS: dict[str, object] = {
     "json": False,
     "plain": False,
 }
-JSON_VERBS = ("fuzz", "bench-signal", "bench-boot", "stress")
+JSON_VERBS = ("demo", "fuzz", "bench-signal", "bench-boot", "stress")
 
 
 def _common() -> argparse.ArgumentParser:

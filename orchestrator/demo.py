@@ -7,8 +7,7 @@ does instead (#UD under TCG, INVALID_HYPERCALL_CODE from a stock KVM)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from orchestrator.contract import HvStatus, Row, load
@@ -93,11 +92,101 @@ ERROR_CASES: tuple[ErrorCase[Probe], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class ErrorRowResult:
+    row_id: str
+    example: str
+    contract: str  # the status the contract (or a stock KVM) gives
+    got: str  # what this QEMU answered
+
+    @property
+    def ok(self) -> bool:
+        return self.got == self.contract
+
+
+@dataclass(frozen=True)
+class PortStory:
+    port: Port
+    connection: int
+    flag: int
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """What the demonstration showed; `lines()` tells it."""
+
+    sief_gpa: int | None
+    direct: tuple[Step, ...]
+    # SignalEvent through PORT; None with the reason where this QEMU has no ports
+    port: PortStory | None
+    no_ports: str | None
+    errors: tuple[ErrorRowResult, ...]
+
+    def lines(self) -> list[str]:
+        sief = "none" if self.sief_gpa is None else f"{self.sief_gpa:#x}"
+        lines = [
+            f"SynIC on vCPU {TARGET}: SIEF page at {sief} (per x-query-synic), "
+            f"SINT{SINT} -> vector {VECTOR:#x}",
+            f"HvCallSignalEventDirect(partition SELF, VP {TARGET}, VTL 0, SINT {SINT}, "
+            f"flag {FLAG}) from vCPU {CALLER}:",
+            *_steps_table(self.direct),
+        ]
+        if self.port is not None:
+            port, bit = self.port.port, self.port.port.bit(self.port.flag)
+            lines += [
+                "",
+                f"Event port {port.port_id:#x}: VP {port.vp}, SINT {port.sint}, base flag "
+                f"{port.base_flag}, {port.flag_count} flags; connection "
+                f"{self.port.connection:#x} -> it (x-hv-port-create, x-hv-connection-set)",
+                f"HvCallSignalEvent(connection {self.port.connection:#x}, flag {self.port.flag}) "
+                f"from vCPU {CALLER} sets SIEF bit {port.base_flag} + {self.port.flag} = {bit}:",
+                *_steps_table(self.port.steps),
+            ]
+        else:
+            lines += ["", f"No event ports in this QEMU ({self.no_ports}): SignalEvent skipped."]
+        lines += [
+            "",
+            "The contract's error rows (orchestrator/contract.toml), one example each:",
+            *_table(
+                ("row", "example", "contract", "this QEMU", ""),
+                [
+                    (e.row_id, e.example, e.contract, e.got, "ok" if e.ok else "DIFFERS")
+                    for e in self.errors
+                ],
+            ),
+        ]
+        return lines
+
+
+def _steps_table(steps: tuple[Step, ...]) -> list[str]:
+    header = (
+        "step",
+        "status",
+        "NewlySignaled",
+        "flag (guest)",
+        "flag (host, QMP)",
+        f"interrupts on vCPU {TARGET}",
+    )
+    rows = [
+        (s.label, s.status, s.newly, s.guest_flag, s.host_flag, f"+{s.interrupts}") for s in steps
+    ]
+    return _table(header, rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for line in [header, tuple("-" * w for w in widths), *rows]:
+        cells = (str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
+
+
 class Demo:
-    def __init__(self, vm: Vm, out: Callable[[str], None] = print) -> None:
+    def __init__(self, vm: Vm) -> None:
         self.vm = vm
         self.probe = Probe(vm.guest)
-        self.out = out
 
     def views(self, bit: int) -> tuple[str, str, int]:
         """SIEF bit `bit` as the guest sees it, as the host finds it (x-query-synic
@@ -124,92 +213,43 @@ class Demo:
             after - before,
         )
 
-    def run(self) -> None:
-        out = self.out
+    def run(self) -> DemoReport:
         with synic_on(self.probe, TARGET, {SINT: VECTOR}):
-            host = HostSynic(self.vm.qmp).state()[TARGET]
-            out(
-                f"SynIC on vCPU {TARGET}: SIEF page at {host.sief_gpa:#x} (per x-query-synic), "
-                f"SINT{SINT} -> vector {VECTOR:#x}"
-            )
-            out(
-                f"HvCallSignalEventDirect(partition SELF, VP {TARGET}, VTL 0, SINT {SINT}, "
-                f"flag {FLAG}) from vCPU {CALLER}:"
-            )
-            steps = [
-                self.step("first call", direct_call(TARGET, SINT, FLAG, cpu=CALLER)),
-                self.step("second call (already set)", direct_call(TARGET, SINT, FLAG, cpu=CALLER)),
-            ]
+            sief_gpa = HostSynic(self.vm.qmp).state()[TARGET].sief_gpa
+            call = direct_call(TARGET, SINT, FLAG, cpu=CALLER)
+            direct = [self.step("first call", call), self.step("second call (already set)", call)]
             self.probe.sief(TARGET, SINT, clear=True)
-            steps.append(
-                self.step(
-                    "third call (guest cleared the flag)",
-                    direct_call(TARGET, SINT, FLAG, cpu=CALLER),
-                )
-            )
-            self.print_steps(steps)
-            with self.event_port() as ready:
-                if ready:
-                    self.signal_event_through_the_port()
-                self.print_error_rows(load())
+            direct.append(self.step("third call (guest cleared the flag)", call))
+            ports = HostPorts(self.vm.qmp)
+            try:
+                ports.create(PORT)
+                ports.connect(CONNECTION, PORT.port_id)
+            except QmpCommandError as exc:
+                port, no_ports = None, exc.desc
+            else:
+                no_ports = None
+            try:
+                if no_ports is None:
+                    port = self.signal_event_through_the_port()
+                errors = self.error_rows(load())
+            finally:
+                if no_ports is None:
+                    ports.clear()
+        return DemoReport(sief_gpa, tuple(direct), port, no_ports, errors)
 
-    @contextmanager
-    def event_port(self) -> Iterator[bool]:
-        """PORT with CONNECTION to it, made by the host; False where this QEMU
-        has no event ports."""
-        ports = HostPorts(self.vm.qmp)
-        try:
-            ports.create(PORT)
-            ports.connect(CONNECTION, PORT.port_id)
-        except QmpCommandError as exc:
-            self.out("")
-            self.out(f"No event ports in this QEMU ({exc.desc}): SignalEvent skipped.")
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            ports.clear()
-
-    def signal_event_through_the_port(self) -> None:
+    def signal_event_through_the_port(self) -> PortStory:
         bit = PORT.bit(EVENT_FLAG)
-        self.out("")
-        self.out(
-            f"Event port {PORT.port_id:#x}: VP {PORT.vp}, SINT {PORT.sint}, base flag "
-            f"{PORT.base_flag}, {PORT.flag_count} flags; connection {CONNECTION:#x} -> it "
-            "(x-hv-port-create, x-hv-connection-set)"
+        signal = event_call(CONNECTION, EVENT_FLAG, cpu=CALLER)
+        steps = (
+            self.step("first signal", signal, bit),
+            self.step("second signal (already set)", signal, bit),
         )
-        self.out(
-            f"HvCallSignalEvent(connection {CONNECTION:#x}, flag {EVENT_FLAG}) from vCPU "
-            f"{CALLER} sets SIEF bit {PORT.base_flag} + {EVENT_FLAG} = {bit}:"
-        )
-        steps = [
-            self.step("first signal", event_call(CONNECTION, EVENT_FLAG, cpu=CALLER), bit),
-            self.step(
-                "second signal (already set)", event_call(CONNECTION, EVENT_FLAG, cpu=CALLER), bit
-            ),
-        ]
         self.probe.sief(TARGET, SINT, clear=True)
-        self.print_steps(steps)
+        return PortStory(PORT, CONNECTION, EVENT_FLAG, steps)
 
-    def print_steps(self, steps: list[Step]) -> None:
-        header = (
-            "step",
-            "status",
-            "NewlySignaled",
-            "flag (guest)",
-            "flag (host, QMP)",
-            f"interrupts on vCPU {TARGET}",
-        )
-        rows = [
-            (s.label, s.status, s.newly, s.guest_flag, s.host_flag, f"+{s.interrupts}")
-            for s in steps
-        ]
-        self.table(header, rows)
-
-    def print_error_rows(self, contract: tuple[Row, ...]) -> None:
+    def error_rows(self, contract: tuple[Row, ...]) -> tuple[ErrorRowResult, ...]:
         expected = {row.id: row for row in contract}
-        rows = []
+        results = []
         for case in ERROR_CASES:
             with case.around(self.probe):
                 got = describe(self.probe.hypercall_with(case.args))
@@ -220,13 +260,5 @@ class Demo:
                     self.vm.accel, expected[case.row_id].status, case.args.control
                 )
                 want = HvStatus(status).name
-            rows.append((case.row_id, case.label, want, got, "ok" if got == want else "DIFFERS"))
-        self.out("")
-        self.out("The contract's error rows (orchestrator/contract.toml), one example each:")
-        self.table(("row", "example", "contract", "this QEMU", ""), rows)
-
-    def table(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        for line in [header, tuple("-" * w for w in widths), *rows]:
-            cells = (str(c).ljust(w) for c, w in zip(line, widths, strict=True))
-            self.out(("  " + "  ".join(cells)).rstrip())
+            results.append(ErrorRowResult(case.row_id, case.label, want, got))
+        return tuple(results)

@@ -38,7 +38,7 @@ def test_json_is_for_verbs_with_results(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exited:
         parse(["boot", "--json"])
     assert exited.value.code == 2
-    assert "--json is for fuzz, bench-signal, bench-boot" in capsys.readouterr().err
+    assert "--json is for demo, fuzz, bench-signal, bench-boot" in capsys.readouterr().err
 
 
 def test_accel_is_checked_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
