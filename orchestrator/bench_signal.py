@@ -16,7 +16,7 @@ already-set cost measured before is taken off. Each sample is one pair.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -120,21 +120,30 @@ def time_newly_set(probe: Probe, args: HypercallArgs, already_set_ns: float) -> 
     return status, elapsed_ns - already_set_ns
 
 
-def measure(vm: Vm, calls: int, runs: int, newly_set_samples: int = 20) -> list[PathCost]:
+def measure(
+    vm: Vm,
+    calls: int,
+    runs: int,
+    newly_set_samples: int = 20,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> list[PathCost]:
     probe = Probe(vm.guest)
     samples: dict[str, list[float]] = {label: [] for label, _ in PATHS}
     samples.update({label: [] for label, _, _ in NEWLY_SET})
     statuses: dict[str, int] = {}
+    total = runs * len(PATHS) + len(NEWLY_SET)
     with signal_targets(vm, probe):
         for _ in range(runs):
             for label, args in PATHS:
                 statuses[label], ns = time_path(probe, args, calls)
                 samples[label].append(ns)
+                progress(sum(map(len, samples.values())), total)
         for label, already_set, args in NEWLY_SET:
             already_set_ns = statistics.median(samples[already_set])
             for _ in range(newly_set_samples):
                 statuses[label], ns = time_newly_set(probe, args, already_set_ns)
                 samples[label].append(ns)
+            progress(runs * len(PATHS) + 1 + NEWLY_SET.index((label, already_set, args)), total)
     fast = {label: args.fast for label, args in PATHS}
     fast.update({label: args.fast for label, _, args in NEWLY_SET})
     return [

@@ -1,5 +1,5 @@
 """hv-signal-direct (or python -m orchestrator) boot | ssh | run CMD | demo |
-fuzz | bench-signal | bench-boot | stress | kvm-leg.
+fuzz | bench-signal | bench-boot | stress | kvm-leg | plot.
 
 Options go before or after the verb. Exit status: 0 as expected, 1 a
 result that contradicts the contract (fuzz), 2 a harness error (one line
@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 
-from orchestrator import bench_signal, sanitize, stress
+from orchestrator import bench_signal, plots, results, sanitize, stress
 from orchestrator.accel import kvm_kind, kvm_leg
 from orchestrator.artifacts import cache_dir
 from orchestrator.bench import BootSample, measure_boot
@@ -202,31 +202,31 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     try:
         with booted(args, "fuzz", fuzz_vm_options(memory), log_dir) as vm:
             _describe(vm)
+            identity = results.vm_identity(vm)
             fuzzer = Fuzzer(vm, Probe(vm.guest), top_of_ram=top_of_ram_pages(memory))
             outcomes = fuzzer.fuzz(args.seed, args.cases, progress=Progress("cases"))
     except BaseException:
         sanitizer_reports(log_dir)  # ASan stops QEMU at its first report
         raise
     failed = [o for o in outcomes if o.problem]
+    data = {
+        "seed": args.seed,
+        "cases": len(outcomes),
+        "failed": len(failed),
+        "rows": dict(Counter(o.case.row_id for o in outcomes)),
+        "pairs": sorted(f"{a}>{b}" for a, b in pairs_covered([o.case for o in outcomes])),
+        "failures": [
+            {"row": o.case.row_id, "case": o.case.label, "problem": o.problem} for o in failed
+        ],
+    }
     if args.json:
-        _print_json(
-            args,
-            {
-                "seed": args.seed,
-                "cases": len(outcomes),
-                "failed": len(failed),
-                "rows": dict(Counter(o.case.row_id for o in outcomes)),
-                "pairs": sorted(f"{a}>{b}" for a, b in pairs_covered([o.case for o in outcomes])),
-                "failures": [
-                    {"row": o.case.row_id, "case": o.case.label, "problem": o.problem}
-                    for o in failed
-                ],
-            },
-        )
+        _print_json(args, data)
     else:
         for line in summary(outcomes):
             print(line)
         print(f"seed {args.seed}: {len(outcomes)} cases, {len(failed)} not as the contract says")
+    params = {"seed": args.seed, "cases": args.cases, "memory_mb": memory}
+    print(results.save(log_dir, "fuzz", params, identity, data).line())
     if sanitizer_reports(log_dir):
         return EXIT_HARNESS
     return EXIT_CONTRACT if failed else 0
@@ -234,21 +234,23 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def cmd_bench_signal(args: argparse.Namespace) -> int:
     options = VmOptions.hyperv(cpus=2, memory_mb=args.memory, cpu=bench_signal.BENCH_CPU)
-    with booted(args, "bench-signal", options) as vm:
+    log_dir = new_log_dir("bench-signal")
+    with booted(args, "bench-signal", options, log_dir) as vm:
         _describe(vm)
-        costs = bench_signal.measure(vm, args.calls, args.runs)
+        identity = results.vm_identity(vm)
+        costs = bench_signal.measure(vm, args.calls, args.runs, progress=Progress("timings"))
+    data = [{**dataclasses.asdict(cost), "median_ns": cost.median} for cost in costs]
     if args.json:
-        _print_json(
-            args,
-            [{**dataclasses.asdict(cost), "median_ns": cost.median} for cost in costs],
+        _print_json(args, data)
+    else:
+        print(
+            f"{args.calls} calls per run, median of {args.runs} runs (newly set: median of "
+            f"single calls), from vCPU 0 to VP 1:"
         )
-        return 0
-    print(
-        f"{args.calls} calls per run, median of {args.runs} runs (newly set: median of "
-        f"single calls), from vCPU 0 to VP 1:"
-    )
-    for line in bench_signal.report(costs):
-        print(line)
+        for line in bench_signal.report(costs):
+            print(line)
+    params = {"calls": args.calls, "runs": args.runs}
+    print(results.save(log_dir, "bench-signal", params, identity, data).line())
     return 0
 
 
@@ -262,16 +264,21 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
             f"boot to SSH {sample.to_ssh:.2f}s, ratio {sample.ratio:.2f}",
             flush=True,
         )
+    data = [{**dataclasses.asdict(sample), "ratio": sample.ratio} for sample in samples]
     if args.json:
-        _print_json(args, [dataclasses.asdict(sample) for sample in samples])
-        return 0
-    to_init = [s.to_init for s in samples]
-    to_ssh = [s.to_ssh for s in samples]
-    ratios = [s.ratio for s in samples]
-    print(f"accelerator: {samples[0].accel}, {args.cpus} vCPUs, {args.memory} MiB")
-    print(f"kernel to init: min {min(to_init):.2f}s median {statistics.median(to_init):.2f}s")
-    print(f"boot to SSH:    min {min(to_ssh):.2f}s median {statistics.median(to_ssh):.2f}s")
-    print(f"ratio SSH/init: min {min(ratios):.2f} median {statistics.median(ratios):.2f}")
+        _print_json(args, data)
+    else:
+        to_init = [s.to_init for s in samples]
+        to_ssh = [s.to_ssh for s in samples]
+        ratios = [s.ratio for s in samples]
+        print(f"accelerator: {samples[0].accel}, {args.cpus} vCPUs, {args.memory} MiB")
+        print(f"kernel to init: min {min(to_init):.2f}s median {statistics.median(to_init):.2f}s")
+        print(f"boot to SSH:    min {min(to_ssh):.2f}s median {statistics.median(to_ssh):.2f}s")
+        print(f"ratio SSH/init: min {min(ratios):.2f} median {statistics.median(ratios):.2f}")
+    params = {"runs": args.runs, "cpus": args.cpus, "memory_mb": args.memory}
+    identity = {"accel": samples[0].accel.name, "qemu": None}
+    saved = results.save(new_log_dir("bench-boot"), "bench-boot", params, identity, data)
+    print(saved.line())
     return 0
 
 
@@ -282,31 +289,58 @@ def cmd_stress(args: argparse.Namespace) -> int:
         options = VmOptions.hyperv(cpus=cpus, memory_mb=args.memory, boot_timeout=300.0)
         with booted(args, f"stress-{cpus}", options) as vm:
             _describe(vm)
-            reports.append(stress.run_batches(vm, args.signals, args.rounds, args.calls_per_round))
+            identity = results.vm_identity(vm)
+            reports.append(
+                stress.run_batches(
+                    vm,
+                    args.signals,
+                    args.rounds,
+                    args.calls_per_round,
+                    progress=Progress("signals"),
+                )
+            )
         for line in stress.report_lines(reports[-1]):
             print(line)
     problems = [problem for report in reports for problem in report.problems()]
     for problem in problems:
         print(f"not as the contract says: {problem}")
+    data = [
+        {
+            "cpus": r.cpus,
+            "signals": r.signals,
+            "newly_signaled": r.newly,
+            "transitions": r.transitions,
+            "irqs": r.irqs,
+            "lost": r.lost,
+            "doubled": r.doubled,
+            "qemu": r.qemu_status,
+            "problems": r.problems(),
+        }
+        for r in reports
+    ]
     if args.json:
-        _print_json(
-            args,
-            [
-                {
-                    "cpus": r.cpus,
-                    "signals": r.signals,
-                    "newly_signaled": r.newly,
-                    "transitions": r.transitions,
-                    "irqs": r.irqs,
-                    "lost": r.lost,
-                    "doubled": r.doubled,
-                    "qemu": r.qemu_status,
-                    "problems": r.problems(),
-                }
-                for r in reports
-            ],
-        )
+        _print_json(args, data)
+    params = {
+        "vcpu_counts": args.vcpu_counts,
+        "signals": args.signals,
+        "rounds": args.rounds,
+        "calls_per_round": args.calls_per_round,
+    }
+    print(results.save(new_log_dir("stress"), "stress", params, identity, data).line())
     return EXIT_CONTRACT if problems else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Redraws saved results; several of one verb (e.g. per accelerator) in one drawing."""
+    payloads = [results.load(Path(path)) for path in args.files]
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.files[0]).with_name(f"{payloads[0]['verb']}-plot.svg")
+    )
+    plots.draw(payloads, out)
+    print(f"plot: {out}")
+    return 0
 
 
 def cmd_kvm_leg(args: argparse.Namespace) -> int:
@@ -401,6 +435,9 @@ def parser() -> argparse.ArgumentParser:
         "--calls-per-round", type=int, default=50, help="each caller's calls in a round"
     )
     verb("kvm-leg", cmd_kvm_leg, "print the KVM leg's ACCEL: kvm or nested-kvm")
+    redraw = verb("plot", cmd_plot, "redraw saved results.json files, one panel per file")
+    redraw.add_argument("files", nargs="+", metavar="RESULTS.json")
+    redraw.add_argument("--out", metavar="SVG", help="default: beside the first file")
     bench = verb("bench-boot", cmd_bench_boot, "boot-to-SSH against kernel-to-init")
     bench.add_argument("--runs", type=int, default=5)
     return top

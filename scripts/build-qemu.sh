@@ -213,8 +213,8 @@ cmd_build() {
         echo "$hash" >"$TREE_ROOT/applied-series"
     fi
     step "qemu$variant: configure" "$log" configure_tree "$tree" "$build" "$log"
-    step "qemu$variant: build qemu-system-x86_64 (log: $log)" "$log" \
-        ninja -C "$build" qemu-system-x86_64
+    ninja_step "qemu$variant: build qemu-system-x86_64 (log: $log)" "$log" \
+        -C "$build" qemu-system-x86_64
     echo "$hash" >"$marker"
     write_manifest "$build/qemu-system-x86_64" "$hash" "$manifest"
     echo "qemu$variant: $build/qemu-system-x86_64"

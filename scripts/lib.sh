@@ -37,3 +37,37 @@ step() {
     fi
     awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "done (%.1fs)\n", e - s }'
 }
+
+# ninja_progress: reads ninja's output ("[n/N] what" per edge) and shows its
+# progress: one line rewritten in place on a terminal, else a line each tenth
+# of the way (CI logs).
+ninja_progress() {
+    local tty=0
+    [ -t 1 ] && tty=1
+    awk -v tty="$tty" '
+        /^\[[0-9]+\/[0-9]+\]/ {
+            split(substr($1, 2, length($1) - 2), n, "/")
+            if (tty) { printf "\r  %s", $1; fflush(); shown = 1; next }
+            tenth = int(n[1] * 10 / n[2])
+            if (tenth != last) { print "  " $1; fflush(); last = tenth }
+        }
+        END { if (shown) print "" }'
+}
+
+# ninja_step LABEL LOG NINJA-ARGS...: step for a ninja build, its whole
+# output in LOG and its [n/N] progress on stdout as it goes.
+ninja_step() {
+    local label=$1 log=$2 start rc
+    shift 2
+    start=$(date +%s.%N)
+    echo "$label ..."
+    set +e
+    ninja "$@" 2>&1 | tee -a "$log" | ninja_progress
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [ "$rc" -ne 0 ]; then
+        echo "$label: failed"
+        die "$label failed (exit $rc); see $log"
+    fi
+    awk -v s="$start" -v e="$(date +%s.%N)" -v l="$label" 'BEGIN { printf "%s: done (%.1fs)\n", l, e - s }'
+}
