@@ -65,11 +65,13 @@ class GuestServer:
         command: str,
         commands_log: Path,
         explain_failure: Callable[[], None] = lambda: None,
+        open_timeout: float = 60.0,
     ) -> None:
         self.command = command
         self.commands_log = commands_log
         self._explain_failure = explain_failure
-        stdin, stdout, _ = client.exec_command(command)
+        # Without a timeout paramiko waits an hour for a hung guest's sshd.
+        stdin, stdout, _ = client.exec_command(command, timeout=open_timeout)
         self._stdin = stdin
         self._stdout = stdout
         self._channel = stdout.channel
