@@ -9,6 +9,24 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 comma := ,
 
+# KVM_MODULES=stock|patched: the kernel modules the KVM leg's host loads.
+# KVM= was its name before; it is still taken, with a line saying so. (As a
+# make variable it was handed on to kbuild through MAKEFLAGS, whose
+# virt/kvm/Makefile.kvm has a KVM of its own; the build scripts now run
+# kbuild, meson and ninja with a fixed environment, see scripts/lib.sh.)
+ifneq ($(filter command line environment,$(origin KVM)),)
+ifeq ($(origin KVM_MODULES),undefined)
+$(info note: KVM=$(KVM) is deprecated; use KVM_MODULES=$(KVM))
+KVM_MODULES := $(KVM)
+endif
+endif
+KVM_MODULES ?= stock
+unexport KVM
+export KVM_MODULES
+ifeq ($(filter stock patched,$(KVM_MODULES)),)
+$(error KVM_MODULES=$(KVM_MODULES) is not one of: stock patched)
+endif
+
 # SANITIZE=1: build and run the QEMU built with ASan and UBSan (qemu-asan.json)
 # instead of the normal one; the harness reads HVSD_SANITIZE. Its test logs go
 # to test-logs/sanitize/.
@@ -17,7 +35,7 @@ export HVSD_SANITIZE := 1
 SANITIZE_LOGS := --hvsd-logs=test-logs/sanitize
 endif
 
-.PHONY: help setup host venv qemu image kvm-modules kvm-modules-smoke test test-kvm test-unit demo fuzz \
+.PHONY: help setup host venv qemu qemu-stock image kvm-modules kvm-modules-smoke test test-kvm test-unit demo fuzz \
         bench-boot bench-signal stress mutate \
         qemu-dev qemu-export series-export series-check-upstream check-series lint clean distclean
 
@@ -31,6 +49,7 @@ help:
 	@echo "make stress       racing vCPUs signal one flag: 0 lost, 0 doubled (CPUS=4,8 SIGNALS=1000000)"
 	@echo "make mutate       build each bug in qemu-patches/mutations/, report which tests kill it (MUTATIONS=01,04)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
+	@echo "make qemu-stock   the same base without the series (migration across versions)"
 	@echo "  SANITIZE=1      with qemu, test, fuzz: the QEMU built with ASan and UBSan (see README)"
 	@echo "make kvm-modules  kvm.ko, kvm-intel.ko, kvm-amd.ko for the image's kernel, with kvm-patches/"
 	@echo "make kvm-modules-smoke  load them in a TCG guest, run KVM's hyperv_features selftest (STOCK=1)"
@@ -62,6 +81,11 @@ ifeq ($(QEMU),)
 	@PYTHON=$(abspath $(PY)) SANITIZE=$(SANITIZE) bash scripts/build-qemu.sh build
 endif
 
+# The base without the series (the QEMU users run today), for migration
+# across versions: qemu-stock.json.
+qemu-stock: setup
+	@PYTHON=$(abspath $(PY)) bash scripts/build-qemu.sh stock
+
 image: setup
 	@bash images/build-image.sh
 
@@ -86,7 +110,7 @@ test: qemu image
 # (the test guest under KVM inside a TCG guest). Runs the `kvm_leg` selection:
 # every test on the session Hyper-V guest (see README, "The KVM leg").
 KVM_LEG_SELECT ?= kvm_leg
-test-kvm: qemu image $(if $(filter patched,$(KVM)),kvm-modules)
+test-kvm: qemu image $(if $(filter patched,$(KVM_MODULES)),kvm-modules)
 	@accel=$${ACCEL:-$$($(PY) -m orchestrator kvm-leg)} || exit 1; \
 	ACCEL=$$accel $(PY) -m pytest -m "$(KVM_LEG_SELECT)" --hvsd-logs=test-logs/kvm $(PYTEST_ARGS)
 

@@ -454,7 +454,7 @@ def test_racing_signal_leaves_the_neighbour_bit_alone(clean: SiefWatch, to_vp: i
 
 def test_direct_call_on_this_accelerator(clean: SiefWatch, accel: Accel) -> None:
     """Replaces the old test_kvm_exit_path, which skipped everywhere. Under TCG
-    (or KVM=patched) 0x00C0 reaches QEMU, and QEMU says so in x-query-synic
+    (or KVM_MODULES=patched) 0x00C0 reaches QEMU, and QEMU says so in x-query-synic
     (under KVM, from KVM_CAP_HYPERV_SIGNAL_EVENT_DIRECT): SUCCESS,
     NewlySignaled, the flag in both views and one interrupt. Under a stock KVM
     the kernel answers it: INVALID_HYPERCALL_CODE, no flag, no interrupt, the

@@ -37,7 +37,7 @@ def test_racing_vcpus_lose_and_double_no_signal(module_vm: Vm, accel: Accel) -> 
     assert report.newly == sum(b.rounds for b in due if b.kind == "direct")
     assert (report.lost, report.doubled) == (0, 0)
     # Where a stock KVM answers SignalEventDirect itself, it refuses every
-    # call in every state; QEMU (TCG, KVM=patched) takes the enabled ones.
+    # call in every state; QEMU (TCG, KVM_MODULES=patched) takes the enabled ones.
     direct = [b for b in report.batches if b.kind == "direct"]
     kernel = accel.is_kvm and not direct_reaches_qemu(accel)
     assert all((b.kernel_answer is not None) == kernel for b in direct)

@@ -101,9 +101,14 @@ KVM_KINDS = ("stock", "patched")
 
 
 def kvm_kind() -> str:
-    """KVM=stock (the default) or KVM=patched: which KVM modules the KVM leg's
-    host loads (patched: ours from `make kvm-modules`, which forward 0x00C0)."""
-    kind = os.environ.get("KVM", "stock") or "stock"
+    """KVM_MODULES=stock (the default) or patched: which KVM modules the KVM
+    leg's host loads (patched: ours from `make kvm-modules`, which forward
+    0x00C0). KVM, its name before, is still read when KVM_MODULES is unset."""
+    kind = os.environ.get("KVM_MODULES")
+    if kind is None and (old := os.environ.get("KVM")):
+        print(f"note: KVM={old} is deprecated; use KVM_MODULES={old}", file=sys.stderr)
+        kind = old
+    kind = kind or "stock"
     if kind not in KVM_KINDS:
-        raise HarnessError(f"KVM={kind} is not one of: {', '.join(KVM_KINDS)}")
+        raise HarnessError(f"KVM_MODULES={kind} is not one of: {', '.join(KVM_KINDS)}")
     return kind

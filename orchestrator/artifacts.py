@@ -46,6 +46,14 @@ class GuestImage:
     headers: Path
     ssh_key: Path
     host_key_pub: Path
+    # The nested-kvm KVM host's own kernel, newer than the test guest's (whose
+    # KVM is what the leg tests), booted from the same root disk, where its
+    # modules sit beside the test guest kernel's; its headers are for
+    # building KVM modules for it.
+    host_kernel: Path
+    host_initrd: Path
+    host_kernel_release: str
+    host_headers: Path
 
 
 def _read_manifest(name: str, make_target: str) -> dict[str, object]:
@@ -58,9 +66,12 @@ def _read_manifest(name: str, make_target: str) -> dict[str, object]:
         raise HarnessError(f"{path} is not valid JSON ({exc}): run 'make {make_target}'") from None
 
 
-def find_qemu() -> QemuBuild:
+def find_qemu(stock: bool = False) -> QemuBuild:
     """The QEMU to run: $QEMU if set (a developer's own binary), else the built
-    one: with HVSD_SANITIZE=1 the one built with the sanitizers."""
+    one: with HVSD_SANITIZE=1 the one built with the sanitizers. `stock`: the
+    same base built without the series (`make qemu-stock`), whatever is set."""
+    if stock:
+        return _build_of(_read_manifest("qemu-stock.json", "qemu-stock"), "qemu-stock")
     if override := os.environ.get("QEMU"):
         binary = Path(override) if "/" in override else Path(shutil.which(override) or override)
         if not binary.is_file():
@@ -70,6 +81,10 @@ def find_qemu() -> QemuBuild:
         data = _read_manifest("qemu-asan.json", "qemu SANITIZE=1")
     else:
         data = _read_manifest("qemu.json", "qemu")
+    return _build_of(data, "qemu")
+
+
+def _build_of(data: dict[str, object], make_target: str) -> QemuBuild:
     build = QemuBuild(
         binary=Path(str(data["binary"])),
         base=str(data["base"]),
@@ -79,23 +94,40 @@ def find_qemu() -> QemuBuild:
         sanitized=data.get("sanitized") is True,
     )
     if not build.binary.is_file():
-        raise HarnessError(f"QEMU binary {build.binary} not found: run 'make qemu'")
+        raise HarnessError(f"QEMU binary {build.binary} not found: run 'make {make_target}'")
     return build
 
 
 def find_image() -> GuestImage:
     data = _read_manifest("image.json", "image")
-    image = GuestImage(
-        key=str(data["key"]),
-        kernel=Path(str(data["kernel"])),
-        initrd=Path(str(data["initrd"])),
-        rootfs=Path(str(data["rootfs"])),
-        kernel_release=str(data["kernel_release"]),
-        headers=Path(str(data["headers"])),
-        ssh_key=Path(str(data["ssh_key"])),
-        host_key_pub=Path(str(data["host_key_pub"])),
-    )
-    for path in (image.kernel, image.initrd, image.rootfs, image.ssh_key, image.host_key_pub):
+    try:
+        image = GuestImage(
+            key=str(data["key"]),
+            kernel=Path(str(data["kernel"])),
+            initrd=Path(str(data["initrd"])),
+            rootfs=Path(str(data["rootfs"])),
+            kernel_release=str(data["kernel_release"]),
+            headers=Path(str(data["headers"])),
+            ssh_key=Path(str(data["ssh_key"])),
+            host_key_pub=Path(str(data["host_key_pub"])),
+            host_kernel=Path(str(data["host_kernel"])),
+            host_initrd=Path(str(data["host_initrd"])),
+            host_kernel_release=str(data["host_kernel_release"]),
+            host_headers=Path(str(data["host_headers"])),
+        )
+    except KeyError as exc:
+        # An image.json from before a field existed: the build script that
+        # writes it has changed since, so 'make image' builds anew.
+        raise HarnessError(f"{cache_dir() / 'image.json'} has no {exc}: run 'make image'") from None
+    for path in (
+        image.kernel,
+        image.initrd,
+        image.host_kernel,
+        image.host_initrd,
+        image.rootfs,
+        image.ssh_key,
+        image.host_key_pub,
+    ):
         if not path.is_file():
             raise HarnessError(f"guest image file {path} is missing: run 'make image'")
     return image

@@ -7,6 +7,12 @@ A row's `tested` file is judged only when every test collected from it ran
 and passed: a run narrowed with -k or -m, or with skips (the KVM leg on a
 stock kernel), says so instead of failing.
 
+Whatever the selection, each run also says which rows its own tests showed
+(the KVM legs run a selection by marker, so no file of theirs runs in full):
+a row with a test in the run is shown when one of them passed, left out when
+all of them were skipped (a stock KVM's own answer, say), and fails the run
+when its tests ran and none passed.
+
 With pytest-xdist the workers collect and the controller only sees reports:
 each test's rows travel in its report (user property `contract_rows`), and
 since the controller cannot see what -k or -m deselected, such a run judges
@@ -61,6 +67,21 @@ class Coverage:
     shown: dict[str, set[str]] = field(default_factory=dict)  # file -> rows its passes showed
     incomplete: set[str] = field(default_factory=set)  # files not every test of which passed
     ran: set[str] = field(default_factory=set)  # files some test of which ran
+    # row -> outcomes ("passed", "skipped", "failed") of the tests that show it
+    outcomes: dict[str, set[str]] = field(default_factory=dict)
+
+    def outcome(self, rows: Iterable[str], what: str) -> None:
+        for row in rows:
+            self.outcomes.setdefault(row, set()).add(what)
+
+    def selection(self) -> tuple[list[str], list[str], list[str]]:
+        """(shown, left out as skipped, failed) rows of the tests in this run."""
+        shown = sorted(row for row, seen in self.outcomes.items() if "passed" in seen)
+        skipped = sorted(row for row, seen in self.outcomes.items() if seen == {"skipped"})
+        failed = sorted(
+            row for row, seen in self.outcomes.items() if "passed" not in seen and "failed" in seen
+        )
+        return shown, skipped, failed
 
     def passed(self, nodeid: str, rows: Iterable[str]) -> None:
         self.shown.setdefault(test_file(nodeid), set()).update(rows)
@@ -125,6 +146,13 @@ class ContractCoveragePlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.coverage.ran.add(test_file(report.nodeid))
+        row_ids = str(dict(report.user_properties).get(ROWS_PROPERTY, "")).split()
+        if report.failed:
+            self.coverage.outcome(row_ids, "failed")
+        elif report.skipped:
+            self.coverage.outcome(row_ids, "skipped")
+        elif report.when == "call":
+            self.coverage.outcome(row_ids, "passed")
         if report.failed or report.skipped or self.narrowed_by_selection:
             self.coverage.did_not_pass(report.nodeid)
         elif report.when == "call":
@@ -132,7 +160,9 @@ class ContractCoveragePlugin:
             self.coverage.passed(report.nodeid, str(rows).split())
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.coverage.missing(load()) and session.exitstatus == pytest.ExitCode.OK:
+        failed_rows = self.coverage.selection()[2]
+        unshown = self.coverage.missing(load()) or failed_rows
+        if unshown and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
@@ -141,6 +171,14 @@ class ContractCoveragePlugin:
         judged = [row for row in rows if row.has_guest_test and row not in unjudged]
         if not any(row.tested in self.coverage.ran for row in rows):
             return  # no test of the contract's files ran
+        in_run, skipped, failed = self.coverage.selection()
+        terminalreporter.write_line(
+            f"contract coverage of this selection: {len(in_run)} rows shown"
+            + (f" ({' '.join(in_run)})" if in_run else "")
+            + (f"; left out, every test skipped: {' '.join(skipped)}" if skipped else "")
+            + (f"; FAILED, no test passed: {' '.join(failed)}" if failed else ""),
+            red=bool(failed),
+        )
         shown = len(judged) - len(missing)
         terminalreporter.write_line(
             f"contract coverage: {shown} of {len(judged)} rows shown by tests that ran and passed"

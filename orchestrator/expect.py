@@ -4,7 +4,7 @@ Under TCG every Hyper-V hypercall reaches QEMU's handler. Under KVM the host
 kernel handles the hypercall instruction first; a stock kernel does not know
 HvCallSignalEventDirect (0x00C0) and answers it in the kernel, with no flag set
 and no interrupt, never exiting to QEMU. A kernel that forwards 0x00C0 to
-userspace (KVM=patched) answers as QEMU does, so as TCG does.
+userspace (KVM_MODULES=patched) answers as QEMU does, so as TCG does.
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
 """ACCEL=nested-kvm: the test guest runs under KVM inside a "KVM host" guest
 that itself runs under TCG.
 
-The KVM host boots from the same image (`-cpu max`, no hv-* flags: SVM with
-nested paging), loads kvm and kvm_amd, and gets three virtio disks: its own
-root (a snapshot), the payload (our QEMU, libraries, firmware, the test
-guest's kernel and initrd; orchestrator/payload.py) and the test guest's root
-disk. It then runs our QEMU with the command line the TCG path renders, with
-`-accel kvm` and paths translated to its mounts. The outer QEMU forwards SSH
-and QMP (TCP inside) out to this host, and the test guest's console goes to
-the outer guest's second serial port, which is the host file ConsoleWatch
-reads. The inner QEMU's log is copied out to the VM's qemu.log when it stops
-or fails; the KVM host's own logs go to <log dir>/kvm-host/."""
+The KVM host boots the same root disk with a kernel of its own, newer than the
+test guest's (the image's host_kernel: its modules are in that root disk too),
+with `-cpu max` (no hv-* flags: SVM with nested paging), loads kvm and
+kvm_amd, and gets three virtio disks: its own root (a snapshot), the payload
+(our QEMU, libraries, firmware, the test guest's kernel and initrd;
+orchestrator/payload.py) and the test guest's root disk. It then runs our QEMU
+with the command line the TCG path renders, with `-accel kvm` and paths
+translated to its mounts. The outer QEMU forwards SSH and QMP (TCP inside) out
+to this host, and the test guest's console goes to the outer guest's second
+serial port, which is the host file ConsoleWatch reads. The inner QEMU's log
+is copied out to the VM's qemu.log when it stops or fails; the KVM host's own
+logs go to <log dir>/kvm-host/."""
 
 from __future__ import annotations
 
@@ -21,11 +23,17 @@ import time
 from pathlib import Path, PurePosixPath
 
 from orchestrator.accel import Accel, kvm_kind
+from orchestrator.artifacts import GuestImage
 from orchestrator.command import Launch, LaunchPaths, VmOptions, render
 from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
 from orchestrator.launcher import DirectLauncher, LaunchContext, free_port
-from orchestrator.payload import PayloadLayout, ensure_payload
+from orchestrator.payload import (
+    PayloadLayout,
+    ensure_payload,
+    patched_kvm_capability,
+    patched_kvm_vermagic,
+)
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
 
@@ -54,7 +62,7 @@ PATCHED_LOAD_FAILED = 15
 
 
 def prepare_script(patched_kvm: bool) -> str:
-    """Mounts the payload, loads KVM (the stock modules, or with KVM=patched ours
+    """Mounts the payload, loads KVM (the stock modules, or with KVM_MODULES=patched ours
     from the payload: never the stock ones instead) and checks /dev/kvm."""
     mount = PayloadLayout().mount
     modules = PayloadLayout().kvm_modules
@@ -70,7 +78,9 @@ def prepare_script(patched_kvm: bool) -> str:
             "busybox modprobe $(echo $module | tr - _) 2>&1 ||\n"
             f"    {{ dmesg | grep -i -e kvm -e svm | tail -n 3; exit {KVM_LOAD_FAILED}; }}"
         )
+    # uname first: a failure's one line then names the kernel that failed.
     return f"""
+echo "kernel $(uname -r)"
 if grep -qw svm /proc/cpuinfo; then module=kvm-amd
 elif grep -qw vmx /proc/cpuinfo; then module=kvm-intel
 else grep -m1 '^model name' /proc/cpuinfo; exit {NO_VIRT}; fi
@@ -84,6 +94,23 @@ busybox mount -t ext4 -o ro {PAYLOAD_DEVICE} {mount} 2>&1 || exit {MOUNT_FAILED}
 
 class KvmUnavailable(HarnessError):
     """The KVM host guest's CPU offers no virtualization: the KVM leg is skipped."""
+
+
+def kvm_host_image(image: GuestImage, modules_vermagic: str | None = None) -> GuestImage:
+    """What the KVM host boots: the image's root disk with the host kernel and
+    its initramfs. With KVM_MODULES=patched, `modules_vermagic` is our modules'
+    (kvm-modules.json): a module loads only into the kernel it was built for."""
+    if modules_vermagic is not None and modules_vermagic.split()[0] != image.host_kernel_release:
+        raise HarnessError(
+            f"KVM_MODULES=patched: our modules' vermagic is '{modules_vermagic}', the KVM "
+            f"host's kernel's is '{image.host_kernel_release}': run 'make kvm-modules'"
+        )
+    return dataclasses.replace(
+        image,
+        kernel=image.host_kernel,
+        initrd=image.host_initrd,
+        kernel_release=image.host_kernel_release,
+    )
 
 
 def host_options(payload: Path, rootfs: Path, inner_console: Path) -> VmOptions:
@@ -189,13 +216,35 @@ class NestedLauncher:
         self._start_inner()
         self.qmp = Qmp(("127.0.0.1", qmp_port), ctx.logs.qmp, ctx.name)
         self.qmp.connect(INNER_QMP_TIMEOUT, self.check_alive)
+        if self.patched_kvm and "hv-synic" in ctx.options.cpu:
+            self._check_forwarding(self.qmp)
         return started
+
+    def _check_forwarding(self, qmp: Qmp) -> None:
+        """With our modules the kernel must offer the capability that says it
+        forwards 0x00C0; QEMU reports what KVM_CHECK_EXTENSION answered."""
+        vps = qmp.execute("x-query-synic")
+        if all(vp.get("signal-event-direct") for vp in vps):
+            return
+        modules = self.host_guest.run(
+            "grep -E '^kvm(_amd|_intel)? ' /proc/modules | cut -d' ' -f1,6-;"
+            " echo taint=$(cat /sys/module/kvm/taint)",
+            timeout=30,
+        ).out
+        raise HarnessError(
+            f"KVM_MODULES=patched, but KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_SIGNAL_EVENT_DIRECT="
+            f"{patched_kvm_capability()}) answered 0 in the KVM host (loaded: "
+            f"{' '.join(modules.split())})",
+            self.ctx.logs.qmp,
+        )
 
     def _boot_host(self, payload: Path, qmp_port: int) -> None:
         ctx, logs = self.ctx, self.host_logs
         ctx.logs.serial.unlink(missing_ok=True)
+        modules_vermagic = patched_kvm_vermagic() if self.patched_kvm else None
         host_ctx = dataclasses.replace(
             ctx,
+            image=kvm_host_image(ctx.image, modules_vermagic),
             accel=Accel("tcg", "KVM host guest for nested-kvm"),
             options=host_options(payload, ctx.image.rootfs, ctx.logs.serial),
             name=f"{ctx.name}-kvm-host",
@@ -242,7 +291,9 @@ class NestedLauncher:
             KVM_LOAD_FAILED: "kvm_amd/kvm_intel did not load in the KVM host guest",
             NO_DEV_KVM: "no /dev/kvm in the KVM host guest after loading kvm",
             MOUNT_FAILED: "the payload disk did not mount in the KVM host guest",
-            PATCHED_LOAD_FAILED: "KVM=patched: our kvm modules did not load in the KVM host guest",
+            PATCHED_LOAD_FAILED: (
+                "KVM_MODULES=patched: our kvm modules did not load in the KVM host guest"
+            ),
             NO_ROOTFS: f"no {ROOTFS_DEVICE} (the test guest's disk) in the KVM host guest",
         }
         if done.rc != 0:

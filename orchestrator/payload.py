@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from orchestrator.artifacts import GuestImage, QemuBuild, cache_dir
 from orchestrator.errors import HarnessError
@@ -65,7 +66,7 @@ class PayloadLayout:
 
     @property
     def kvm_modules(self) -> PurePosixPath:
-        """The patched kvm.ko, kvm-amd.ko and kvm-intel.ko, with KVM=patched."""
+        """The patched kvm.ko, kvm-amd.ko and kvm-intel.ko, with KVM_MODULES=patched."""
         return self.mount / "kvm"
 
 
@@ -102,16 +103,45 @@ def shared_libraries(binary: Path) -> list[Path]:
 KVM_MODULES = ("kvm", "kvm-amd", "kvm-intel")
 
 
-def patched_kvm_modules() -> dict[str, Path]:
-    """The modules `make kvm-modules` built (kvm-modules.json), by name."""
+def _kvm_modules_manifest() -> tuple[Path, dict[str, Any]]:
     manifest = cache_dir() / "kvm-modules.json"
     if not manifest.exists():
-        raise HarnessError(f"KVM=patched, but {manifest} not found: run 'make kvm-modules' first")
-    modules = json.loads(manifest.read_text())["modules"]
+        raise HarnessError(
+            f"KVM_MODULES=patched, but {manifest} not found: run 'make kvm-modules' first"
+        )
+    return manifest, json.loads(manifest.read_text())
+
+
+def patched_kvm_vermagic() -> str:
+    """The vermagic of the modules `make kvm-modules` built ("<release> SMP ...")."""
+    return str(_kvm_modules_manifest()[1]["vermagic"])
+
+
+def patched_kvm_capability() -> int:
+    """KVM_CAP_HYPERV_SIGNAL_EVENT_DIRECT's number in the series those modules carry."""
+    return int(_kvm_modules_manifest()[1]["capability"])
+
+
+def patched_kvm_selftests() -> dict[str, Path]:
+    """KVM's Hyper-V selftests built from the patched tree, by name."""
+    manifest, data = _kvm_modules_manifest()
+    found = {str(name): Path(path) for name, path in data["selftests"].items()}
+    for name, path in found.items():
+        if not path.is_file():
+            raise HarnessError(
+                f"selftest {name} not found at {path}: run 'make kvm-modules'", manifest
+            )
+    return found
+
+
+def patched_kvm_modules() -> dict[str, Path]:
+    """The modules `make kvm-modules` built (kvm-modules.json), by name."""
+    manifest, data = _kvm_modules_manifest()
+    modules = data["modules"]
     found = {name: Path(modules[name]) for name in KVM_MODULES}
     for name, path in found.items():
         if not path.is_file():
-            raise HarnessError(f"KVM=patched: {name}.ko not found at {path}", manifest)
+            raise HarnessError(f"KVM_MODULES=patched: {name}.ko not found at {path}", manifest)
     return found
 
 

@@ -7,7 +7,7 @@ this session: ACCEL=tcg|kvm|nested-kvm, TCG by default).
 
 Markers: `accel("tcg", ..., reason=...)` runs a test only on the accelerators
 named, and skips it elsewhere with the reason; `direct_in_qemu` runs a test
-only where HvCallSignalEventDirect reaches QEMU (TCG, or KVM=patched): a stock
+only where HvCallSignalEventDirect reaches QEMU (TCG, or KVM_MODULES=patched): a stock
 KVM answers it in the kernel, which other tests assert. `kvm_leg` is the KVM
 leg's selection (`make test-kvm`): every test on the session Hyper-V guest
 (`hv_vm`) and no other VM gets it automatically, and a test may carry it
@@ -101,7 +101,7 @@ def pytest_report_header(config: pytest.Config) -> str:
         chosen = choose_accel()
     except HarnessError as exc:
         return f"accelerator: {exc}"
-    kvm = f", KVM={kvm_kind()}" if chosen.is_kvm else ""
+    kvm = f", KVM_MODULES={kvm_kind()}" if chosen.is_kvm else ""
     return f"accelerator: {chosen}{kvm}"
 
 
@@ -141,7 +141,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(
             f"{chosen.name} with a stock kernel answers HvCallSignalEventDirect itself "
             "(INVALID_HYPERCALL_CODE, asserted by test_direct_call_on_this_accelerator); "
-            "this test checks QEMU's handler (runs under TCG or KVM=patched)"
+            "this test checks QEMU's handler (runs under TCG or KVM_MODULES=patched)"
         )
 
 

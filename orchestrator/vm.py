@@ -42,9 +42,13 @@ class Vm:
         accel: Accel | None = None,
         name: str = "hvsd",
         incoming: bool = False,
+        image: GuestImage | None = None,
+        stock_qemu: bool = False,
     ) -> None:
         """`incoming`: a migration destination, whose QEMU starts waiting for
-        migrate-incoming; its guest answers SSH after `reconnect()`."""
+        migrate-incoming; its guest answers SSH after `reconnect()`. `image`:
+        another kernel of the image to boot (default: the test guest's).
+        `stock_qemu`: the base QEMU without the series (`make qemu-stock`)."""
         self.options = options or VmOptions()
         self.incoming = incoming
         self.logs = VmLogs(log_dir)
@@ -53,6 +57,8 @@ class Vm:
         self.accel: Accel | None = None
         self.qemu: QemuBuild | None = None
         self.image: GuestImage | None = None
+        self._image = image
+        self._stock_qemu = stock_qemu
         self.ssh_port = 0
         self.boot_seconds = 0.0
         self._runtime: Path | None = None
@@ -104,8 +110,8 @@ class Vm:
         self.logs.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.accel = self._accel or choose_accel()
-            self.qemu = find_qemu()
-            self.image = find_image()
+            self.qemu = find_qemu(stock=self._stock_qemu)
+            self.image = self._image or find_image()
             firmware = firmware_dirs()
             self._runtime = Path(tempfile.mkdtemp(prefix="hvsd-"))
             self._launcher = make_launcher(

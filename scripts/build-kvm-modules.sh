@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Builds kvm.ko, kvm-intel.ko and kvm-amd.ko for the guest image's kernel
-# (image.json, from `make image`) from Debian's source of exactly that kernel
-# with kvm-patches/series applied, as out-of-tree modules against the image's
-# linux-headers. The result lands in the cache under a key hashed from every
+# Builds kvm.ko, kvm-intel.ko and kvm-amd.ko for the nested-kvm KVM host's
+# kernel (image.json's host_kernel, from `make image`) from Debian's source of
+# exactly that kernel with kvm-patches/series applied, as out-of-tree modules
+# against that kernel's linux-headers. The result lands in the cache under a key hashed from every
 # input; the same inputs twice build nothing. Writes kvm-modules.json.
 #
 # The source is Debian's linux-source-<major.minor> package of the image
 # kernel's version: the tree of Debian's `linux` source package with Debian's
-# patches applied, the tree the linux-headers packages were made from. apt
-# fetches it and checks it against the signed index.
+# patches applied, the tree the linux-headers packages were made from.
+# scripts/fetch-deb.sh fetches it from the kernel's suite (sid for 7.2) and
+# checks it against that suite's signed index.
+#
+# kbuild insists on the compiler the kernel was built with (its headers'
+# CONFIG_CC_VERSION_TEXT). When the host has no such compiler (7.2 wants
+# gcc-16, the host has bookworm's gcc-12), the modules are built in a
+# toolchain root of the kernel's suite, made once with mmdebstrap into the
+# cache and entered in a mount namespace of its own, so nothing stays mounted.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -16,10 +23,22 @@ set -euo pipefail
 PATCH_DIR=$PROJECT_ROOT/kvm-patches
 SCRIPT=$PROJECT_ROOT/scripts/build-kvm-modules.sh
 MODULES="kvm kvm-intel kvm-amd"
+# KVM's Hyper-V selftests, the one the series extends among them, built from
+# the patched tree against its uapi headers (`make headers` writes them to
+# the tree's usr/): make kvm-modules-smoke runs each with the stock modules
+# and with ours, and the results must agree.
+SELFTESTS="x86/hyperv_features x86/hyperv_clock x86/hyperv_cpuid x86/hyperv_evmcs
+           x86/hyperv_extended_hypercalls x86/hyperv_ipi x86/hyperv_svm_test
+           x86/hyperv_tlb_flush"
 # What is taken out of the source tarball: what the series touches and what
 # the modules, checkpatch.pl and the selftests need.
 SOURCE_PARTS="arch/x86 include virt scripts tools Documentation/virt usr
-              Makefile Kbuild Kconfig MAINTAINERS COPYING"
+              Makefile Kbuild Kconfig MAINTAINERS COPYING CREDITS README"
+# Top-level directories checkpatch.pl looks for to know it is in a kernel
+# tree; empty ones do.
+CHECKPATCH_DIRS="drivers fs init ipc kernel lib"
+# The toolchain root: what kbuild runs for external modules.
+TOOLCHAIN_PACKAGES="make binutils dwarves libc6-dev libelf-dev"
 GIT=(git -c user.name=hv-signal-direct -c user.email=hv-signal-direct@localhost
      -c advice.detachedHead=false -c init.defaultBranch=main)
 
@@ -44,7 +63,7 @@ kstep() {
     awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "done (%.1fs)\n", e - s }'
 }
 
-need_tool apt-get dpkg-deb tar xz git make gcc objcopy sha256sum
+need_tool apt-get dpkg-deb tar xz git make gcc objcopy sha256sum perl
 
 series_patches() {
     grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$PATCH_DIR/series" || true
@@ -57,13 +76,20 @@ image_field() {
 
 [ -f "$HVSD_CACHE/image.json" ] \
     || die "no $HVSD_CACHE/image.json: build the guest image first ('make image')"
-KERNEL_RELEASE=$(image_field kernel_release)
-KERNEL_VERSION=$(image_field kernel_package_version)
-HEADERS=$(image_field headers)
-[ -n "$KERNEL_RELEASE" ] && [ -n "$KERNEL_VERSION" ] && [ -f "$HEADERS/.config" ] \
-    || die "image.json names no usable kernel headers ($HEADERS); rebuild the image ('make image')"
-# 6.1.0-56-cloud-amd64 -> linux-source-6.1
+KERNEL_RELEASE=$(image_field host_kernel_release)
+KERNEL_VERSION=$(image_field host_kernel_package_version)
+KERNEL_SUITE=$(image_field host_kernel_suite)
+HEADERS=$(image_field host_headers)
+[ -n "$KERNEL_RELEASE" ] && [ -n "$KERNEL_VERSION" ] && [ -n "$KERNEL_SUITE" ] \
+    && [ -f "$HEADERS/.config" ] \
+    || die "image.json names no usable KVM host kernel headers ($HEADERS); rebuild the image ('make image')"
+# 7.2.13+deb14-cloud-amd64 -> linux-source-7.2
 SOURCE_PACKAGE=linux-source-$(echo "$KERNEL_RELEASE" | cut -d. -f1-2)
+# "x86_64-linux-gnu-gcc-16 (Debian 16.2.0-4) 16.2.0" -> x86_64-linux-gnu-gcc-16
+KERNEL_CC=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\([^ ]*\) .*/\1/p' "$HEADERS/.config")
+[ -n "$KERNEL_CC" ] || die "$HEADERS/.config names no compiler (CONFIG_CC_VERSION_TEXT)"
+# gcc-16 from x86_64-linux-gnu-gcc-16; a plain "gcc" is the suite's default.
+CC_PACKAGE=$(echo "$KERNEL_CC" | sed -n 's/^\(x86_64-linux-gnu-\)\{0,1\}\(gcc.*\)/\2/p')
 
 mkdir -p "$HVSD_CACHE/logs" "$HVSD_CACHE/kvm-modules"
 LOG=$HVSD_CACHE/logs/kvm-build.log
@@ -72,7 +98,8 @@ LOG=$HVSD_CACHE/logs/kvm-build.log
 [ -f "$PATCH_DIR/series" ] || die "kvm-patches/series is missing"
 key=$( {
     echo "$KERNEL_RELEASE $KERNEL_VERSION $SOURCE_PACKAGE"
-    sha256sum "$SCRIPT" "$PROJECT_ROOT/scripts/lib.sh" "$PATCH_DIR/series" "$PATCH_DIR/BASE" \
+    sha256sum "$SCRIPT" "$PROJECT_ROOT/scripts/lib.sh" "$PROJECT_ROOT/scripts/fetch-deb.sh" \
+        "$PATCH_DIR/series" "$PATCH_DIR/BASE" \
         | sed "s|$PROJECT_ROOT/||"
     for patch in $(series_patches); do
         [ -f "$PATCH_DIR/$patch" ] || die "series lists $patch but kvm-patches/$patch does not exist"
@@ -82,6 +109,8 @@ key=$( {
 OUT=$HVSD_CACHE/kvm-modules/$key
 SRC_ROOT=$HVSD_CACHE/linux-src/$(echo "$KERNEL_VERSION" | tr ':+~' '___')
 TREE=$SRC_ROOT/src
+TOOLCHAIN=$HVSD_CACHE/toolchain/$KERNEL_SUITE-$(echo "$KERNEL_CC $TOOLCHAIN_PACKAGES" \
+    | sha256sum | cut -c1-12)
 
 write_manifest() {
     cat >"$HVSD_CACHE/kvm-modules.json" <<JSON
@@ -89,17 +118,23 @@ write_manifest() {
   "key": "$key",
   "kernel_release": "$KERNEL_RELEASE",
   "kernel_package_version": "$KERNEL_VERSION",
-  "source": "$SOURCE_PACKAGE=$KERNEL_VERSION",
+  "source": "$SOURCE_PACKAGE=$KERNEL_VERSION ($KERNEL_SUITE)",
   "series_length": $(series_patches | wc -l),
   "vermagic": "$(cat "$OUT/vermagic")",
+  "capability": $(sed -n 's/^KVM_CAP_HYPERV_SIGNAL_EVENT_DIRECT=//p' "$PATCH_DIR/BASE"),
   "modules": {
     "kvm": "$OUT/kvm.ko",
     "kvm-intel": "$OUT/kvm-intel.ko",
     "kvm-amd": "$OUT/kvm-amd.ko"
   },
   "selftests": {
-    "hyperv_features": "$OUT/selftests/hyperv_features"
-  }
+$(for test in $SELFTESTS; do
+    name=$(basename "$test")
+    printf '    "%s": "%s"' "$name" "$OUT/selftests/$name"
+    [ "$test" = "${SELFTESTS##* }" ] && echo || echo ,
+  done)
+  },
+  "checkpatch": "$OUT/checkpatch.txt"
 }
 JSON
     cp "$HVSD_CACHE/kvm-modules.json" "$OUT/kvm-modules.json"
@@ -111,13 +146,50 @@ if [ -f "$OUT/complete" ]; then
     exit 0
 fi
 
-# apt-get download checks the .deb against the signed index (Release ->
+# fetch-deb.sh checks the .deb against the suite's signed index (Release ->
 # Packages -> SHA256).
 fetch_source() {
     local dir=$SRC_ROOT/download
     mkdir -p "$dir"
     ls "$dir"/"$SOURCE_PACKAGE"_*.deb >/dev/null 2>&1 && return 0
-    (cd "$dir" && apt-get download "$SOURCE_PACKAGE=$KERNEL_VERSION")
+    bash "$PROJECT_ROOT/scripts/fetch-deb.sh" "$KERNEL_SUITE" "$dir" "$SOURCE_PACKAGE=$KERNEL_VERSION"
+}
+
+# A root of the kernel's suite holding its compiler and what kbuild runs, for
+# a kernel the host's compiler cannot build modules for. Made in a staging
+# directory and renamed, so an interrupted run leaves no half root.
+make_toolchain() {
+    local stage
+    [ -x "$TOOLCHAIN/usr/bin/$KERNEL_CC" ] && return 0
+    mkdir -p "$(dirname "$TOOLCHAIN")"
+    rm -rf "$TOOLCHAIN".stage.*
+    stage=$(mktemp -d "$TOOLCHAIN.stage.XXXXXX")
+    # (The archive's index is a snapshot older than this machine's clock.)
+    mmdebstrap --mode=root --variant=apt --aptopt='Acquire::Check-Valid-Until "false"' \
+        --include="$CC_PACKAGE,${TOOLCHAIN_PACKAGES// /,}" \
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        "$KERNEL_SUITE" "$stage" http://deb.debian.org/debian
+    [ -x "$stage/usr/bin/$KERNEL_CC" ] || { echo "$KERNEL_CC missing from the $KERNEL_SUITE root"; return 1; }
+    mv "$stage" "$TOOLCHAIN"
+}
+
+# kbuild CMD...: CMD as kbuild needs it, on the host when it has the kernel's
+# compiler, else in the toolchain root, with the cache (the headers, the
+# staged sources) at the same path, in a mount namespace that dies with it.
+kbuild() {
+    if command -v "$KERNEL_CC" >/dev/null 2>&1; then
+        clean_env "$@"
+        return
+    fi
+    mkdir -p "$TOOLCHAIN$HVSD_CACHE"
+    clean_env unshare --mount --propagation private -- sh -ec '
+        root=$1 cache=$2
+        shift 2
+        mount --rbind /dev "$root/dev"
+        mount -t proc proc "$root/proc"
+        mount --bind "$cache" "$root$cache"
+        exec chroot "$root" "$@"' sh "$TOOLCHAIN" "$HVSD_CACHE" "$@"
 }
 
 # The parts of the tree that are needed, committed to git: tag hvsd-base.
@@ -181,25 +253,40 @@ stage_build() {
         echo "LINUXINCLUDE := -I$stage/overlay/arch/x86/include -I$stage/overlay/include \\"
         echo "	-I$stage/overlay/arch/x86/include/uapi -I$stage/overlay/include/uapi \\"
         echo "	\$(LINUXINCLUDE)"
-        sed -e 's|\$(srctree)/arch/x86/kvm|$(src)|' \
-            -e 's|\$(srctree)/virt/kvm/|$(src)/../../../virt/kvm/|' \
+        sed -e 's|\$(srctree)/arch/x86/kvm|$(src)|g' \
+            -e 's|\$(srctree)/virt/kvm|$(src)/../../../virt/kvm|g' \
             "$TREE/arch/x86/kvm/Makefile"
     } >"$stage/arch/x86/kvm/Kbuild"
 }
 
 build_modules() {
     local stage=$1
-    make -C "$HEADERS" M="$stage/arch/x86/kvm" -j"$(nproc)" modules
+    kbuild make -C "$HEADERS" M="$stage/arch/x86/kvm" -j"$(nproc)" modules
 }
 
-# KVM's own selftest that the series extends, built from the patched tree
-# against its uapi headers (`make headers` writes them to the tree's usr/).
-SELFTESTS="x86_64/hyperv_features"
+# The kernel's own checkpatch.pl --strict on every patch of the series, from
+# the tree it applies to: 0 errors, 0 warnings, 0 checks.
+checkpatch_series() {
+    local patch out dir
+    for dir in $CHECKPATCH_DIRS; do
+        mkdir -p "$TREE/$dir"
+    done
+    for patch in $(series_patches); do
+        out=$(cd "$TREE" && perl scripts/checkpatch.pl --strict "$PATCH_DIR/$patch" 2>&1) || true
+        echo "$patch: $(echo "$out" | grep -m1 '^total:')"
+        if ! echo "$out" | grep -q '^total: 0 errors, 0 warnings, 0 checks'; then
+            echo "$out"
+            echo "checkpatch.pl --strict: $patch is not clean"
+            return 1
+        fi
+    done >"$STAGE/checkpatch.txt"
+}
+
 build_selftests() {
     local test
-    make -C "$TREE" headers
+    clean_env make -C "$TREE" headers
     for test in $SELFTESTS; do
-        make -C "$TREE/tools/testing/selftests/kvm" OUTPUT="$TREE/tools/testing/selftests/kvm" \
+        clean_env make -C "$TREE/tools/testing/selftests/kvm" OUTPUT="$TREE/tools/testing/selftests/kvm" \
             "$TREE/tools/testing/selftests/kvm/$test"
     done
 }
@@ -240,25 +327,30 @@ trap 'rm -rf "$STAGE"' EXIT
 echo "kvm-modules: kernel $KERNEL_RELEASE ($SOURCE_PACKAGE=$KERNEL_VERSION), key $key (log: $LOG)"
 BASE_VERSION=$(sed -n 's/^DEBIAN_VERSION=//p' "$PATCH_DIR/BASE")
 if [ "$BASE_VERSION" != "$KERNEL_VERSION" ]; then
-    echo "note: the series was written against linux $BASE_VERSION (kvm-patches/BASE); the image's kernel is $KERNEL_VERSION"
+    echo "note: the series was written against linux $BASE_VERSION (kvm-patches/BASE); the KVM host's kernel is $KERNEL_VERSION"
 fi
 if [ ! -d "$TREE/.git" ]; then
-    kstep "kvm-modules: fetch $SOURCE_PACKAGE=$KERNEL_VERSION with apt" fetch_source
+    kstep "kvm-modules: fetch $SOURCE_PACKAGE=$KERNEL_VERSION from $KERNEL_SUITE" fetch_source
     kstep "kvm-modules: unpack and commit base" unpack_source
 fi
 printf 'kvm-modules: apply series (%s patches) ... ' "$(series_patches | wc -l)"
 apply_series
 echo "done"
+kstep "kvm-modules: checkpatch.pl --strict on the series" checkpatch_series
+if ! command -v "$KERNEL_CC" >/dev/null 2>&1; then
+    kstep "kvm-modules: $KERNEL_SUITE root with $KERNEL_CC (the kernel's compiler)" make_toolchain
+fi
 kstep "kvm-modules: stage arch/x86/kvm, virt/kvm and the patched headers" stage_build "$STAGE/build"
 kstep "kvm-modules: build $(echo "$MODULES" | sed 's/ /, /g') against $HEADERS" build_modules "$STAGE/build"
 kstep "kvm-modules: check vermagic against $KERNEL_RELEASE" check_modules "$STAGE/build"
-kstep "kvm-modules: build the selftest ($(echo $SELFTESTS)) from the patched tree" build_selftests
+kstep "kvm-modules: build the Hyper-V selftests ($(echo $SELFTESTS | wc -w)) from the patched tree" build_selftests
 
 mkdir -p "$OUT"
 for module in $MODULES; do
     install -m 644 "$STAGE/build/arch/x86/kvm/$module.ko" "$OUT/$module.ko"
 done
 cp "$STAGE/build/vermagic" "$OUT/vermagic"
+cp "$STAGE/checkpatch.txt" "$OUT/checkpatch.txt"
 for test in $SELFTESTS; do
     install -D -m 755 "$TREE/tools/testing/selftests/kvm/$test" "$OUT/selftests/$(basename "$test")"
 done

@@ -3,6 +3,7 @@
 # series (qemu-patches/series) applied, into the cache.
 #
 #   build-qemu.sh build    fetch, apply, configure, build; write qemu.json
+#   build-qemu.sh stock    the base alone, without the series: qemu-stock.json
 #   build-qemu.sh dev      a git worktree (./qemu-dev) with the series as commits
 #   build-qemu.sh export   write ./qemu-dev's commits back to qemu-patches/
 #   build-qemu.sh upstream-fixes  fill in the Fixes: ids from QEMU_UPSTREAM's history
@@ -113,7 +114,7 @@ configure_tree() {
     fi
     rm -rf "$build"
     mkdir -p "$build"
-    (cd "$build" && "$tree/configure" --python="$PYTHON" "${CONFIGURE_FLAGS[@]}" "$@") >>"$log" 2>&1 || return 1
+    (cd "$build" && clean_env "$tree/configure" --python="$PYTHON" "${CONFIGURE_FLAGS[@]}" "$@") >>"$log" 2>&1 || return 1
     echo "$flags_hash" >"$build/.hvsd-flags"
 }
 
@@ -151,7 +152,7 @@ resolve_tree() {
 }
 
 write_manifest() {
-    local binary=$1 hash=$2 manifest=$3 version
+    local binary=$1 hash=$2 manifest=$3 length=${4:-$(series_patches | wc -l)} version
     # (a sanitized QEMU warns on stderr about swapcontext at every start)
     version=$("$binary" --version 2>/dev/null | head -n1)
     cat >"$HVSD_CACHE/$manifest" <<JSON
@@ -160,7 +161,7 @@ write_manifest() {
   "sanitized": $([ "${SANITIZE:-}" = 1 ] && echo true || echo false),
   "base": "$SOURCE_DESC",
   "series_hash": "$hash",
-  "series_length": $(series_patches | wc -l),
+  "series_length": $length,
   "version": "$version"
 }
 JSON
@@ -218,6 +219,40 @@ cmd_build() {
     echo "$hash" >"$marker"
     write_manifest "$build/qemu-system-x86_64" "$hash" "$manifest"
     echo "qemu$variant: $build/qemu-system-x86_64"
+}
+
+# The QEMU users run today: the same base and configuration without the
+# series, for migration from and to it. Its own worktree of the base and its
+# own build directory, keyed by the base, so the patched build is never
+# touched.
+cmd_stock() {
+    local log tree build base
+    need_tool git ninja dpkg-source apt-get
+    [ -x "$PYTHON" ] || die "python $PYTHON not found (run 'make venv')"
+    mkdir -p "$HVSD_CACHE/logs"
+    log=$HVSD_CACHE/logs/qemu-stock-build.log
+    : >"$log"
+    resolve_tree "$log"
+    base=$(git -C "$TREE_ROOT/src" rev-parse --short hvsd-base)
+    tree=$TREE_ROOT/stock-$base/src
+    build=$TREE_ROOT/stock-$base/build
+    if [ -x "$build/qemu-system-x86_64" ] && [ -e "$TREE_ROOT/stock-$base/complete" ]; then
+        SANITIZE= write_manifest "$build/qemu-system-x86_64" none qemu-stock.json 0
+        echo "qemu-stock: up to date ($SOURCE_DESC without the series)"
+        return 0
+    fi
+    if [ ! -e "$tree/.git" ]; then
+        "${GIT[@]}" -C "$TREE_ROOT/src" worktree prune
+        rm -rf "$tree"
+        step "qemu-stock: worktree of the base" "$log" \
+            "${GIT[@]}" -C "$TREE_ROOT/src" worktree add -q -f --detach "$tree" hvsd-base
+    fi
+    step "qemu-stock: configure" "$log" configure_tree "$tree" "$build" "$log"
+    ninja_step "qemu-stock: build qemu-system-x86_64 (log: $log)" "$log" \
+        -C "$build" qemu-system-x86_64
+    touch "$TREE_ROOT/stock-$base/complete"
+    SANITIZE= write_manifest "$build/qemu-system-x86_64" none qemu-stock.json 0
+    echo "qemu-stock: $build/qemu-system-x86_64"
 }
 
 cmd_dev() {
@@ -349,18 +384,18 @@ cmd_check() {
         flags+=("--disable-$variant")
         configure_other "$build" "$logs/no-$variant.log" "${flags[@]}"
         step "qemu: build --disable-$variant" "$logs/no-$variant.log" \
-            ninja -C "$build" qemu-system-x86_64
+            clean_env ninja -C "$build" qemu-system-x86_64
     done
     configure_other "$TREE_ROOT/build-linux-user" "$logs/linux-user.log" \
         --target-list=x86_64-linux-user "${OTHER_TARGET_FLAGS[@]}"
     step "qemu: build x86_64-linux-user" "$logs/linux-user.log" \
-        ninja -C "$TREE_ROOT/build-linux-user" qemu-x86_64
+        clean_env ninja -C "$TREE_ROOT/build-linux-user" qemu-x86_64
     configure_other "$TREE_ROOT/build-avr" "$logs/avr.log" \
         --target-list=avr-softmmu --without-default-devices "${OTHER_TARGET_FLAGS[@]}"
     step "qemu: build avr-softmmu and its qmp-cmd-test" "$logs/avr.log" \
-        ninja -C "$TREE_ROOT/build-avr" qemu-system-avr tests/qtest/qmp-cmd-test
+        clean_env ninja -C "$TREE_ROOT/build-avr" qemu-system-avr tests/qtest/qmp-cmd-test
     step "qemu: build the x86_64 qtests" "$logs/qtests.log" \
-        ninja -C "$TREE_ROOT/build" "${X86_QTESTS[@]/#/tests/qtest/}"
+        clean_env ninja -C "$TREE_ROOT/build" "${X86_QTESTS[@]/#/tests/qtest/}"
     for test in "${X86_QTESTS[@]}"; do
         step "qtest x86_64 $test" "$logs/qtest-x86_64-$test.log" \
             run_qtest "$TREE_ROOT/build" qemu-system-x86_64 "$test"
@@ -385,7 +420,7 @@ configure_other() {
     [ -f "$build/build.ninja" ] && return 0
     mkdir -p "$build"
     step "qemu: configure $(basename "$build")" "$log" \
-        env -C "$build" "$TREE_ROOT/src/configure" --python="$PYTHON" "$@"
+        clean_env env -C "$build" "$TREE_ROOT/src/configure" --python="$PYTHON" "$@"
 }
 
 # The +ds tarball has no firmware blobs: a qtest's QEMU finds Debian's in the
@@ -408,7 +443,7 @@ run_qtest() {
 # proof that the series' own one ran and passed.
 check_tcg() {
     local build=$1
-    make -C "$build" run-tcg-tests-x86_64-softmmu &&
+    clean_env make -C "$build" run-tcg-tests-x86_64-softmmu &&
         grep -H "PASS: 0 failure" "$build/tests/tcg/x86_64-softmmu/hyperv-signal.out"
 }
 
@@ -429,16 +464,17 @@ check_each_patch() {
         n=$((n + 1))
         "${GIT[@]}" -C "$tree" checkout -q -f --detach "$commit" >>"$log" 2>&1
         step "qemu: build patch $n/$total: $(git -C "$tree" log -1 --format=%s "$commit")" "$log" \
-            ninja -C "$TREE_ROOT/build" qemu-system-x86_64
+            clean_env ninja -C "$TREE_ROOT/build" qemu-system-x86_64
     done
 }
 
 case ${1:-build} in
     build) cmd_build ;;
+    stock) cmd_stock ;;
     dev) cmd_dev ;;
     export) cmd_export ;;
     check) cmd_check ;;
     mail) cmd_mail ;;
     upstream-fixes) cmd_upstream_fixes ;;
-    *) die "usage: $0 build|dev|export|check|mail|upstream-fixes" ;;
+    *) die "usage: $0 build|stock|dev|export|check|mail|upstream-fixes" ;;
 esac

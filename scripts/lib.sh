@@ -13,6 +13,15 @@ die() {
     exit 1
 }
 
+# clean_env CMD...: runs CMD with a fixed environment, so that nothing the
+# caller set reaches kbuild, meson or ninja. (A variable given to make on its
+# command line, such as KVM_MODULES=patched, is passed to every sub-make through
+# MAKEFLAGS, and kbuild has variables of that name of its own.)
+clean_env() {
+    env -i PATH="$PATH" HOME="$HOME" LANG=C.UTF-8 TERM="${TERM:-dumb}" \
+        ${TMPDIR:+TMPDIR="$TMPDIR"} "$@"
+}
+
 need_tool() {
     local tool
     for tool in "$@"; do
@@ -62,7 +71,7 @@ ninja_step() {
     start=$(date +%s.%N)
     echo "$label ..."
     set +e
-    ninja "$@" 2>&1 | tee -a "$log" | ninja_progress
+    clean_env ninja "$@" 2>&1 | tee -a "$log" | ninja_progress
     rc=${PIPESTATUS[0]}
     set -e
     if [ "$rc" -ne 0 ]; then

@@ -13,6 +13,10 @@ IMAGE = GuestImage(
     headers=Path("/img/headers"),
     ssh_key=Path("/img/id"),
     host_key_pub=Path("/img/host.pub"),
+    host_kernel=Path("/img/host-vmlinuz"),
+    host_initrd=Path("/img/host-initrd.cpio"),
+    host_kernel_release="7.2.0-test",
+    host_headers=Path("/img/host-headers"),
 )
 
 

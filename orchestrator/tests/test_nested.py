@@ -12,6 +12,7 @@ from orchestrator.accel import Accel
 from orchestrator.artifacts import QemuBuild
 from orchestrator.command import VmOptions, render
 from orchestrator.console import ConsoleWatch
+from orchestrator.errors import HarnessError
 from orchestrator.launcher import DirectLauncher, LaunchContext
 from orchestrator.nested import (
     HOST_CPUS,
@@ -21,6 +22,7 @@ from orchestrator.nested import (
     host_options,
     inner_launch,
     inner_start_command,
+    kvm_host_image,
 )
 from orchestrator.payload import PayloadInputs, PayloadLayout
 from orchestrator.tests.test_command import IMAGE, arg_after
@@ -105,10 +107,19 @@ def test_inner_qemu_gets_the_tcg_command_line_with_accel_kvm_and_translated_path
 def test_kvm_host_is_a_plain_tcg_guest_with_the_payload_and_two_serials(tmp_path: Path) -> None:
     ctx = context("nested-kvm", tmp_path)
     options = host_options(Path("/c/payload.ext4"), IMAGE.rootfs, ctx.logs.serial)
-    host_ctx = LaunchContext(**{**ctx.__dict__, "options": options, "accel": Accel("tcg", "h")})
+    host_ctx = LaunchContext(
+        **{
+            **ctx.__dict__,
+            "image": kvm_host_image(IMAGE),
+            "options": options,
+            "accel": Accel("tcg", "h"),
+        }
+    )
     argv = render(KvmHostLauncher(host_ctx, ((41000, 2222), (41001, 4444))).launch(40022))
 
     assert arg_after(argv, "-accel") == ["tcg"]
+    assert arg_after(argv, "-kernel") == [str(IMAGE.host_kernel)], "the KVM host's own kernel"
+    assert arg_after(argv, "-initrd") == [str(IMAGE.host_initrd)]
     assert arg_after(argv, "-cpu") == ["max"], "no hv-* flags on the KVM host"
     assert arg_after(argv, "-m") == ["3072"]
     assert arg_after(argv, "-smp") == [str(HOST_CPUS)]
@@ -121,6 +132,17 @@ def test_kvm_host_is_a_plain_tcg_guest_with_the_payload_and_two_serials(tmp_path
         assert f"hostfwd=tcp:{forward}" in netdev
     assert arg_after(argv, "-serial") == ["chardev:serial0", "chardev:inner-console"]
     assert f"file,id=inner-console,path={ctx.logs.serial}" in arg_after(argv, "-chardev")
+
+
+def test_patched_modules_must_match_the_kvm_host_kernel() -> None:
+    vermagic = f"{IMAGE.host_kernel_release} SMP preempt mod_unload "
+    assert kvm_host_image(IMAGE, vermagic).kernel == IMAGE.host_kernel
+    # Modules built for any other kernel (the test guest's, say) never load.
+    stale = f"{IMAGE.kernel_release} SMP mod_unload "
+    with pytest.raises(HarnessError) as failure:
+        kvm_host_image(IMAGE, stale)
+    assert stale in str(failure.value) and IMAGE.host_kernel_release in str(failure.value)
+    assert "make kvm-modules" in str(failure.value)
 
 
 def test_nested_boots_get_a_longer_timeout(tmp_path: Path) -> None:
