@@ -103,7 +103,9 @@ kvm-modules-smoke: kvm-modules venv
 # per worker at a time (module guests are shared within a file). Most of a
 # test's time is a guest booting or waiting, so one more worker than cores.
 JOBS ?= $(shell echo $$(( $$(nproc) + 1 )))
-test: qemu image
+# qemu-stock: guest-tests/test_migration_versions.py moves guests between it
+# and ours.
+test: qemu qemu-stock image
 	@$(PY) -m pytest $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS) --dist loadfile) $(SANITIZE_LOGS) $(PYTEST_ARGS)
 
 # The KVM leg: ACCEL=kvm where the host's KVM is usable, else ACCEL=nested-kvm

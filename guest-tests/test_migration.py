@@ -5,7 +5,8 @@ file into a second QEMU, and live into a second QEMU on this host.
 Each way carries the SynIC MSRs, the SIEF page's flags, a message pending
 in the SIM page and the ports with their connections as they were saved;
 signals afterwards set new flags and interrupt, and the saved flags, still
-set, are not newly signalled."""
+set, are not newly signalled. The synthetic timers are armed again on the
+other side, and the reference counter goes on reading the TSC page's time."""
 
 from __future__ import annotations
 
@@ -16,7 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.command import HYPERV_CPU
 from orchestrator.contract import HvStatus
+from orchestrator.hvdefs import (
+    REF_TIME_HZ,
+    STIMER_DIRECT,
+    STIMER_ENABLE,
+    STIMER_PERIODIC,
+    Msr,
+    stimer_config_msr,
+    stimer_count_msr,
+    stimer_vector,
+)
 from orchestrator.migration import load_from_file, migrate_live, save_to_file
 from orchestrator.polling import eventually
 from orchestrator.ports import HostPorts, Port, PortTable
@@ -167,3 +179,77 @@ def test_synic_flags_and_ports_survive_the_move(fresh_vm: Vm, tmp_path: Path, wa
     saved = arrange(fresh_vm)
     with WAYS[way](fresh_vm, tmp_path) as moved:
         assert_carried(moved, saved)
+
+
+# --- synthetic timers and the reference clock across the move ---------------
+
+TIMER_CPU = HYPERV_CPU + ",hv-time,hv-stimer,hv-stimer-direct"
+DIRECT_VECTOR = 0xE7
+PERIOD = 10 * REF_TIME_HZ // 1000  # 10 ms in reference time units
+
+
+def linux_stimer_interrupts(vm: Vm) -> int:
+    """Linux's count of its stimer0 clockevent's interrupts (direct mode), all CPUs."""
+    line = next(
+        line
+        for line in vm.guest.run("cat /proc/interrupts", check=True).out.splitlines()
+        if line.strip().startswith("HVS:")
+    )
+    return sum(int(field) for field in line.split()[1 : 1 + vm.options.cpus])
+
+
+def ref_minus_uptime(vm: Vm) -> float:
+    """The reference counter less the guest's uptime (read through the TSC
+    page clocksource), in seconds: constant while both read one clock."""
+    ref = Probe(vm.guest).rdmsr(Msr.TIME_REF_COUNT, cpu=TARGET).value / REF_TIME_HZ
+    return ref - float(vm.guest.run("cat /proc/uptime", check=True).out.split()[0])
+
+
+@contextmanager
+def reload_snapshot(vm: Vm, tmp_path: Path) -> Iterator[Vm]:
+    hmp_ok(vm, "savevm hvsd-timers")
+    hmp_ok(vm, "loadvm hvsd-timers")
+    vm.reconnect()
+    yield vm
+    hmp_ok(vm, "delvm hvsd-timers")
+
+
+TIMER_WAYS: dict[str, Callable[[Vm, Path], AbstractContextManager[Vm]]] = {
+    "savevm-loadvm": reload_snapshot,
+    "file": move_through_file,
+    "live": move_live,
+}
+
+
+@pytest.mark.vm_options(cpu=TIMER_CPU)
+@pytest.mark.parametrize("way", TIMER_WAYS)
+def test_timers_and_reference_clock_go_on_after_the_move(
+    fresh_vm: Vm, tmp_path: Path, way: str
+) -> None:
+    """Linux uses a synthetic timer as its clockevent on every CPU: a move that
+    leaves the timers unarmed stops its ticks, and the guest with them."""
+    probe = Probe(fresh_vm.guest)
+    assert (
+        fresh_vm.guest.run(
+            "cat /sys/devices/system/clockevents/clockevent0/current_device", check=True
+        ).out.strip()
+        == "Hyper-V clockevent"
+    )
+    assert not probe.wrmsr(stimer_count_msr(1), PERIOD, cpu=TARGET).gp
+    periodic = STIMER_ENABLE | STIMER_PERIODIC | STIMER_DIRECT | stimer_vector(DIRECT_VECTOR)
+    assert not probe.wrmsr(stimer_config_msr(1), periodic, cpu=TARGET).gp
+    eventually(lambda: probe.irqs(TARGET, DIRECT_VECTOR) > 5, "the probe's periodic timer")
+    clock_before = ref_minus_uptime(fresh_vm)
+    with TIMER_WAYS[way](fresh_vm, tmp_path) as moved:
+        probe = Probe(moved.guest)
+        assert probe.rdmsr(stimer_config_msr(1), cpu=TARGET).value == periodic
+        ticks = linux_stimer_interrupts(moved)
+        # sleep ends only on a timer interrupt
+        assert moved.guest.run("sleep 1", timeout=60).rc == 0
+        eventually(lambda: linux_stimer_interrupts(moved) > ticks + 10, "Linux's timer ticks")
+        fired = probe.irqs(TARGET, DIRECT_VECTOR)
+        eventually(
+            lambda: probe.irqs(TARGET, DIRECT_VECTOR) > fired + 10, "the periodic timer again"
+        )
+        assert abs(ref_minus_uptime(moved) - clock_before) < 0.5
+        assert not probe.wrmsr(stimer_config_msr(1), 0, cpu=TARGET).gp
