@@ -57,3 +57,29 @@ def test_opt_in_ignores_what_tcg_lacks_with_one_warning(fresh_vm: Vm) -> None:
         assert ignored in warnings[0]
     for kept in WINDOWS_DEFAULTS.split(","):
         assert kept.split("=")[0] not in warnings[0]
+
+
+# vmbus-bridge warns at start when the guest lacks what VMBus guests want.
+VMBUS_WARNING = "VMBus enabled without the recommended set of Hyper-V features"
+VMBUS_CPU = "max,x-hv-tcg=on,hv-relaxed,hv-vpindex,hv-synic,hv-time"
+VMBUS_RECOMMENDED = ("hv-stimer", "hv-vapic", "hv-runtime")
+
+
+def vmbus_warnings(vm: Vm) -> list[str]:
+    return [line for line in vm.logs.qemu.read_text().splitlines() if VMBUS_WARNING in line]
+
+
+@pytest.mark.vm_options(
+    cpu=",".join((VMBUS_CPU, *VMBUS_RECOMMENDED)), extra_args=("-device", "vmbus-bridge")
+)
+def test_vmbus_with_the_recommended_features_does_not_warn(fresh_vm: Vm) -> None:
+    assert hypervisor_vendor(fresh_vm) == "Microsoft Hv"
+    assert vmbus_warnings(fresh_vm) == []
+
+
+@pytest.mark.vm_options(
+    cpu=",".join((VMBUS_CPU, "hv-stimer", "hv-vapic")), extra_args=("-device", "vmbus-bridge")
+)
+def test_vmbus_without_hv_runtime_warns_once(fresh_vm: Vm) -> None:
+    assert hypervisor_vendor(fresh_vm) == "Microsoft Hv"
+    assert len(vmbus_warnings(fresh_vm)) == 1

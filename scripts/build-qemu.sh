@@ -364,19 +364,39 @@ cmd_mail() {
 # the qtests that touch what the series changes; QEMU's x86_64 system tests
 # under TCG (check-tcg), the series' bare-metal one among them; then a build at every commit
 # of the series (each patch must build on its own).
+# The checks' own worktree of the series' tip, beside the harness's tree, and
+# build directories of their own under $TREE_ROOT/check: building every
+# patch there, finished, failed or interrupted, never changes the tree or
+# the binary `make qemu` built and the tests run. Sets CHECK_ROOT,
+# CHECK_TREE and CHECK_TIP.
+check_tree() {
+    CHECK_ROOT=$TREE_ROOT/check
+    CHECK_TREE=$CHECK_ROOT/src
+    CHECK_TIP=$(git -C "$TREE_ROOT/src" rev-parse HEAD)
+    if [ ! -e "$CHECK_TREE/.git" ]; then
+        "${GIT[@]}" -C "$TREE_ROOT/src" worktree prune
+        rm -rf "$CHECK_TREE"
+        mkdir -p "$CHECK_ROOT"
+        "${GIT[@]}" -C "$TREE_ROOT/src" worktree add -q -f --detach "$CHECK_TREE" "$CHECK_TIP"
+    fi
+    # (an interrupted run left it at some patch of the series)
+    "${GIT[@]}" -C "$CHECK_TREE" checkout -q -f --detach "$CHECK_TIP"
+}
+
 cmd_check() {
     local logs variant build flag patch test
     local -a flags
     cmd_build
+    step "qemu: the checks' worktree ($TREE_ROOT/check)" "$HVSD_CACHE/logs/qemu-build.log" check_tree
     logs=$HVSD_CACHE/logs/check-series
     rm -rf "$logs"
     mkdir -p "$logs"
     for patch in $(series_patches); do
         step "checkpatch $patch" "$logs/checkpatch.log" \
-            checkpatch_clean "$TREE_ROOT/src" "$PATCH_DIR/$patch"
+            checkpatch_clean "$CHECK_TREE" "$PATCH_DIR/$patch"
     done
     for variant in kvm tcg; do
-        build=$TREE_ROOT/build-no-$variant
+        build=$CHECK_ROOT/build-no-$variant
         flags=()
         for flag in "${CONFIGURE_FLAGS[@]}"; do
             [ "$flag" = "--enable-$variant" ] || flags+=("$flag")
@@ -386,24 +406,25 @@ cmd_check() {
         step "qemu: build --disable-$variant" "$logs/no-$variant.log" \
             clean_env ninja -C "$build" qemu-system-x86_64
     done
-    configure_other "$TREE_ROOT/build-linux-user" "$logs/linux-user.log" \
+    configure_other "$CHECK_ROOT/build-linux-user" "$logs/linux-user.log" \
         --target-list=x86_64-linux-user "${OTHER_TARGET_FLAGS[@]}"
     step "qemu: build x86_64-linux-user" "$logs/linux-user.log" \
-        clean_env ninja -C "$TREE_ROOT/build-linux-user" qemu-x86_64
-    configure_other "$TREE_ROOT/build-avr" "$logs/avr.log" \
+        clean_env ninja -C "$CHECK_ROOT/build-linux-user" qemu-x86_64
+    configure_other "$CHECK_ROOT/build-avr" "$logs/avr.log" \
         --target-list=avr-softmmu --without-default-devices "${OTHER_TARGET_FLAGS[@]}"
     step "qemu: build avr-softmmu and its qmp-cmd-test" "$logs/avr.log" \
-        clean_env ninja -C "$TREE_ROOT/build-avr" qemu-system-avr tests/qtest/qmp-cmd-test
+        clean_env ninja -C "$CHECK_ROOT/build-avr" qemu-system-avr tests/qtest/qmp-cmd-test
+    configure_other "$CHECK_ROOT/build" "$logs/build.log" "${CONFIGURE_FLAGS[@]}"
     step "qemu: build the x86_64 qtests" "$logs/qtests.log" \
-        clean_env ninja -C "$TREE_ROOT/build" "${X86_QTESTS[@]/#/tests/qtest/}"
+        clean_env ninja -C "$CHECK_ROOT/build" qemu-system-x86_64 "${X86_QTESTS[@]/#/tests/qtest/}"
     for test in "${X86_QTESTS[@]}"; do
         step "qtest x86_64 $test" "$logs/qtest-x86_64-$test.log" \
-            run_qtest "$TREE_ROOT/build" qemu-system-x86_64 "$test"
+            run_qtest "$CHECK_ROOT/build" qemu-system-x86_64 "$test"
     done
     step "qtest avr qmp-cmd-test" "$logs/qtest-avr-qmp-cmd-test.log" \
-        run_qtest "$TREE_ROOT/build-avr" qemu-system-avr qmp-cmd-test
+        run_qtest "$CHECK_ROOT/build-avr" qemu-system-avr qmp-cmd-test
     step "check-tcg x86_64-softmmu (hyperv-signal among them)" "$logs/check-tcg.log" \
-        check_tcg "$TREE_ROOT/build"
+        check_tcg "$CHECK_ROOT/build"
     check_each_patch "$logs/each-patch.log"
 }
 
@@ -420,7 +441,7 @@ configure_other() {
     [ -f "$build/build.ninja" ] && return 0
     mkdir -p "$build"
     step "qemu: configure $(basename "$build")" "$log" \
-        clean_env env -C "$build" "$TREE_ROOT/src/configure" --python="$PYTHON" "$@"
+        clean_env env -C "$build" "$CHECK_TREE/configure" --python="$PYTHON" "$@"
 }
 
 # The +ds tarball has no firmware blobs: a qtest's QEMU finds Debian's in the
@@ -458,14 +479,15 @@ checkpatch_clean() {
 }
 
 check_each_patch() {
-    local log=$1 tree=$TREE_ROOT/src n=0 total commit
+    local log=$1 tree=$CHECK_TREE n=0 total commit
     total=$(series_patches | wc -l)
-    for commit in $(git -C "$tree" rev-list --reverse hvsd-base..HEAD); do
+    for commit in $(git -C "$tree" rev-list --reverse "hvsd-base..$CHECK_TIP"); do
         n=$((n + 1))
         "${GIT[@]}" -C "$tree" checkout -q -f --detach "$commit" >>"$log" 2>&1
         step "qemu: build patch $n/$total: $(git -C "$tree" log -1 --format=%s "$commit")" "$log" \
-            clean_env ninja -C "$TREE_ROOT/build" qemu-system-x86_64
+            clean_env ninja -C "$CHECK_ROOT/build" qemu-system-x86_64
     done
+    "${GIT[@]}" -C "$tree" checkout -q -f --detach "$CHECK_TIP" >>"$log" 2>&1
 }
 
 case ${1:-build} in
