@@ -46,7 +46,7 @@ help:
 	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"
 	@echo "make bench-signal per-call cost of each signalling path (CALLS=, RUNS=)"
-	@echo "make stress       racing vCPUs signal one flag: 0 lost, 0 doubled (CPUS=4,8 SIGNALS=1000000)"
+	@echo "make stress       racing vCPUs on one clear flag: 0 lost, 0 doubled (CPUS=4,8 TRANSITIONS=20000; SIGNALS=N: N calls instead)"
 	@echo "make mutate       build each bug in qemu-patches/mutations/, report which tests kill it (MUTATIONS=01,04)"
 	@echo "make qemu | image build the patched QEMU / the guest image into the cache"
 	@echo "make qemu-stock   the same base without the series (migration across versions)"
@@ -132,7 +132,8 @@ bench-signal: qemu image
 	@$(PY) -m orchestrator bench-signal --calls $(or $(CALLS),2000) --runs $(or $(RUNS),3)
 
 stress: qemu image
-	@$(PY) -m orchestrator stress --vcpu-counts $(or $(CPUS),4$(comma)8) --signals $(or $(SIGNALS),1000000)
+	@$(PY) -m orchestrator stress --vcpu-counts $(or $(CPUS),4$(comma)8) \
+		$(if $(SIGNALS),--signals $(SIGNALS),--transitions $(or $(TRANSITIONS),20000) --calls-per-round 1)
 
 mutate: qemu image
 	@$(PY) scripts/mutate.py

@@ -34,6 +34,8 @@ def test_racing_vcpus_lose_and_double_no_signal(module_vm: Vm, accel: Accel) -> 
     assert kinds_and_states == {(k, s) for k in ("direct", "port") for s in STATE_CYCLE}
     due = [b for b in report.batches if b.signals_due]
     assert report.transitions == report.irqs == sum(b.rounds for b in due)
+    # Three callers each round: every round that was due is a contested one.
+    assert report.contested == sum(b.rounds for b in due)
     assert report.newly == sum(b.rounds for b in due if b.kind == "direct")
     assert (report.lost, report.doubled) == (0, 0)
     # Where a stock KVM answers SignalEventDirect itself, it refuses every

@@ -296,7 +296,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
                     args.signals,
                     args.rounds,
                     args.calls_per_round,
-                    progress=Progress("signals"),
+                    progress=Progress("contested transitions" if args.transitions else "signals"),
+                    transitions=args.transitions,
                 )
             )
         for line in stress.report_lines(reports[-1]):
@@ -310,6 +311,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
             "signals": r.signals,
             "newly_signaled": r.newly,
             "transitions": r.transitions,
+            "contested_transitions": r.contested,
             "irqs": r.irqs,
             "lost": r.lost,
             "doubled": r.doubled,
@@ -323,6 +325,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     params = {
         "vcpu_counts": args.vcpu_counts,
         "signals": args.signals,
+        "transitions": args.transitions,
         "rounds": args.rounds,
         "calls_per_round": args.calls_per_round,
     }
@@ -430,6 +433,11 @@ def parser() -> argparse.ArgumentParser:
         help="one VM per count, e.g. 4,8",
     )
     racing.add_argument("--signals", type=int, default=1_000_000, help="calls per vCPU count")
+    racing.add_argument(
+        "--transitions",
+        type=int,
+        help="run until this many contested transitions per vCPU count, instead of --signals",
+    )
     racing.add_argument("--rounds", type=int, default=1000, help="rounds per batch")
     racing.add_argument(
         "--calls-per-round", type=int, default=50, help="each caller's calls in a round"

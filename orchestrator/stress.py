@@ -11,7 +11,13 @@ batch every round must then show exactly one clear-to-set transition (the
 flag found set), one interrupt, and, for SignalEventDirect, exactly one
 NewlySignaled=1 answer: a lost signal shows as a missing flag or interrupt,
 a doubled one as a second NewlySignaled or an
-extra interrupt."""
+extra interrupt.
+
+A round of an enabled batch with two or more callers is a contested
+transition: several callers race on one clear flag, and exactly one of them
+may set it. With one call per caller a round (make stress), every call
+takes part in such a race; with more, the later calls of a round find the
+flag already set, which is the cheap case, not a race."""
 
 from __future__ import annotations
 
@@ -73,6 +79,16 @@ class Batch:
     def transitions(self) -> int:
         """Rounds after which the flag was found set: clear-to-set transitions."""
         return self.rounds - self.result.flag_missing
+
+    @property
+    def contested(self) -> int:
+        """Rounds in which several callers raced on one clear flag and it came
+        out set once, with one interrupt (and, for SignalEventDirect, one
+        NewlySignaled=1): the rounds that were due, less those that lost or
+        doubled the signal."""
+        if not self.signals_due or self.callers < 2:
+            return 0
+        return max(0, self.rounds - self.lost - self.doubled)
 
     @property
     def lost(self) -> int:
@@ -140,6 +156,10 @@ class StressReport:
         return sum(b.transitions for b in self.batches)
 
     @property
+    def contested(self) -> int:
+        return sum(b.contested for b in self.batches)
+
+    @property
     def irqs(self) -> int:
         return sum(b.result.irqs for b in self.batches)
 
@@ -204,21 +224,30 @@ def run_batches(
     calls_per_round: int = 1,
     kinds: tuple[CallKind, ...] = ("direct", "port"),
     progress: Callable[[int, int], None] = lambda done, total: None,
+    transitions: int | None = None,
 ) -> StressReport:
     """Batches of `rounds` rounds, the kinds taking turns and the states
-    cycling, until `signals` calls were made in enabled batches and every
-    kind went through every state as often as any other."""
+    cycling, until `signals` calls were made in enabled batches (or, with
+    `transitions`, until that many contested transitions were seen) and
+    every kind went through every state as often as any other."""
     probe = Probe(vm.guest, timeout=600.0)
     cpus = vm.options.cpus
     target = cpus - 1
     callers = tuple(range(target))
     batches: list[Batch] = []
-    enabled_signals = 0
+    enabled_signals = contested = 0
     direct_in_qemu = vm.accel is None or direct_reaches_qemu(vm.accel)
     with stress_target(vm, probe, target):
         index = 0
         cycle = len(STATE_CYCLE) * len(kinds)
-        while enabled_signals < signals or index % cycle:
+
+        def more() -> bool:
+            if transitions is not None:
+                # a stock KVM's refusals contest nothing: then count calls
+                return contested < transitions if direct_in_qemu else enabled_signals < signals
+            return enabled_signals < signals
+
+        while more() or index % cycle:
             kind = kinds[(index // len(STATE_CYCLE)) % len(kinds)]
             state = STATE_CYCLE[index % len(STATE_CYCLE)]
             with _target_state(probe, target, state):
@@ -230,12 +259,15 @@ def run_batches(
             kernel_answer = None
             if kind == "direct" and not direct_in_qemu:
                 kernel_answer = stock_kvm_direct_status(_call(kind, target).control)
-            batches.append(
-                Batch(kind, state, rounds, len(callers), calls_per_round, result, kernel_answer)
-            )
+            batch = Batch(kind, state, rounds, len(callers), calls_per_round, result, kernel_answer)
+            batches.append(batch)
             if state == "enabled":
                 enabled_signals += result.calls
-            progress(min(enabled_signals, signals), signals)
+            contested += batch.contested
+            if transitions is not None and direct_in_qemu:
+                progress(min(contested, transitions), transitions)
+            else:
+                progress(min(enabled_signals, signals), signals)
             index += 1
     return StressReport(cpus, tuple(batches), vm.qmp.status())
 
@@ -251,6 +283,7 @@ def report_lines(report: StressReport) -> list[str]:
         else []
     )
     return [
+        f"contested transitions: {report.contested}",
         f"{report.cpus} vCPUs ({report.cpus - 1} callers, 1 target): {len(report.batches)} "
         f"batches, {report.signals} calls",
         *answered,
