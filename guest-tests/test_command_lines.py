@@ -7,8 +7,11 @@ with it, the features TCG lacks are ignored with a warning, not refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from orchestrator.command import VmOptions
 from orchestrator.probe import Probe
 from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
@@ -83,3 +86,33 @@ def test_vmbus_with_the_recommended_features_does_not_warn(fresh_vm: Vm) -> None
 def test_vmbus_without_hv_runtime_warns_once(fresh_vm: Vm) -> None:
     assert hypervisor_vendor(fresh_vm) == "Microsoft Hv"
     assert len(vmbus_warnings(fresh_vm)) == 1
+
+
+# Every hv-* flag TCG emulates, spelled out.
+EVERY_TCG_FLAG = (
+    "max,x-hv-tcg=on,hv-relaxed,hv-vpindex,hv-synic,hv-time,hv-stimer,hv-stimer-direct,"
+    "hv-vapic,hv-runtime,hv-frequencies,hv-reset,hv-xmm-input"
+)
+HV_LEAVES = range(0x40000000, 0x40000006)
+
+
+def hyperv_leaves(vm: Vm) -> dict[int, tuple[int, int, int, int]]:
+    probe = Probe(vm.guest)
+    results = {leaf: probe.cpuid(leaf) for leaf in HV_LEAVES}
+    return {leaf: (r.eax, r.ebx, r.ecx, r.edx) for leaf, r in results.items()}
+
+
+def test_hv_passthrough_with_opt_in_is_every_flag_tcg_emulates(tmp_path: Path) -> None:
+    """As under KVM, where it means every enlightenment the host offers: the
+    guest sees what the flags spelled out give it, and QEMU warns of none."""
+    with Vm(tmp_path / "spelled-out", VmOptions(cpu=EVERY_TCG_FLAG)) as spelled:
+        expected = hyperv_leaves(spelled)
+    with Vm(tmp_path / "passthrough", VmOptions(cpu="max,x-hv-tcg=on,hv-passthrough")) as vm:
+        assert hypervisor_vendor(vm) == "Microsoft Hv"
+        assert hyperv_leaves(vm) == expected
+        assert sorted(HostSynic(vm.qmp).state()) == [0, 1]
+        clocksource = vm.guest.run(
+            "cat /sys/devices/system/clocksource/clocksource0/current_clocksource", check=True
+        ).out.strip()
+        assert clocksource == "hyperv_clocksource_tsc_page"
+        assert "warning" not in vm.logs.qemu.read_text()
