@@ -180,3 +180,40 @@ def test_payload_key_follows_every_input(tmp_path: Path) -> None:
     assert first == PayloadInputs({"guest/k": b, "bin/x": a}).key()
     b.write_bytes(b"three")
     assert PayloadInputs({"bin/x": a, "guest/k": b}).key() != first
+
+
+class _Answers:
+    """Stands in for the inner QEMU's QMP and the KVM host's shell."""
+
+    def __init__(self, forwards: bool) -> None:
+        self.forwards = forwards
+
+    def execute(self, command: str) -> list[dict[str, object]]:
+        assert command == "x-query-synic"
+        return [{"vp-index": vp, "signal-event-direct": self.forwards} for vp in (0, 1)]
+
+    def run(self, command: str, timeout: float) -> object:
+        class Done:
+            out = "kvm_amd 217088 0 - Live 0x0 (O)\nkvm 1392640 1 kvm_amd, Live 0x0 (O)\ntaint=O\n"
+
+        return Done()
+
+
+@pytest.mark.parametrize("forwards", [True, False])
+def test_patched_leg_stops_in_one_line_when_the_kernel_does_not_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forwards: bool
+) -> None:
+    monkeypatch.setenv("KVM_MODULES", "patched")
+    monkeypatch.setattr("orchestrator.nested.patched_kvm_capability", lambda: 250)
+    launcher = NestedLauncher(context("nested-kvm", tmp_path))
+    answers = _Answers(forwards)
+    launcher._host_guest = answers  # type: ignore[assignment]
+    if forwards:
+        launcher._check_forwarding(answers)  # type: ignore[arg-type]
+        return
+    with pytest.raises(HarnessError) as failure:
+        launcher._check_forwarding(answers)  # type: ignore[arg-type]
+    said = str(failure.value)
+    assert "\n" not in said
+    assert "KVM_CAP_HYPERV_SIGNAL_EVENT_DIRECT=250) answered 0" in said
+    assert "kvm_amd" in said and "taint=O" in said
