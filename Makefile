@@ -27,6 +27,15 @@ ifeq ($(filter stock patched,$(KVM_MODULES)),)
 $(error KVM_MODULES=$(KVM_MODULES) is not one of: stock patched)
 endif
 
+# MACHINE=q35|pc and CPU_MODEL=max|EPYC|Skylake-Server|...: the test guests'
+# machine type and CPU model (orchestrator/profile.py); q35 and max by default.
+ifneq ($(MACHINE),)
+export HVSD_MACHINE := $(MACHINE)
+endif
+ifneq ($(CPU_MODEL),)
+export HVSD_CPU_MODEL := $(CPU_MODEL)
+endif
+
 # SANITIZE=1: build and run the QEMU built with ASan and UBSan (qemu-asan.json)
 # instead of the normal one; the harness reads HVSD_SANITIZE. Its test logs go
 # to test-logs/sanitize/.
@@ -42,6 +51,7 @@ endif
 help:
 	@echo "make demo         build everything needed, boot a guest, show what it does"
 	@echo "make test         build everything needed, run all tests under TCG (PYTEST_ARGS=..., JOBS=)"
+	@echo "  MACHINE=pc CPU_MODEL=EPYC  with test, test-kvm: the guests' machine type and CPU model"
 	@echo "make test-kvm     the KVM leg: host KVM if usable, else nested KVM in a TCG guest"
 	@echo "make fuzz         random calls checked against the contract (SEED=, CASES=)"
 	@echo "make bench-boot   boot-to-SSH time against kernel-to-init time"

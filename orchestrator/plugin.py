@@ -36,6 +36,7 @@ from orchestrator.contract_coverage import ContractCoveragePlugin
 from orchestrator.errors import HarnessError
 from orchestrator.expect import direct_reaches_qemu
 from orchestrator.nested import KvmUnavailable
+from orchestrator.profile import VmProfile
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
 from orchestrator.vm import Vm, VmLogs
@@ -102,7 +103,11 @@ def pytest_report_header(config: pytest.Config) -> str:
     except HarnessError as exc:
         return f"accelerator: {exc}"
     kvm = f", KVM_MODULES={kvm_kind()}" if chosen.is_kvm else ""
-    return f"accelerator: {chosen}{kvm}"
+    try:
+        profile = VmProfile.from_environment().describe()
+    except HarnessError as exc:
+        profile = str(exc.cause)
+    return f"accelerator: {chosen}{kvm}; guests: {profile}"
 
 
 # Fixtures that boot a VM other than the session Hyper-V guest.

@@ -15,6 +15,7 @@ from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
 from orchestrator.launcher import DirectLauncher, LaunchContext, Launcher, free_port
 from orchestrator.nested import NestedLauncher
+from orchestrator.profile import VmProfile
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
 from orchestrator.vmlogs import VmLogs
@@ -49,7 +50,9 @@ class Vm:
         migrate-incoming; its guest answers SSH after `reconnect()`. `image`:
         another kernel of the image to boot (default: the test guest's).
         `stock_qemu`: the base QEMU without the series (`make qemu-stock`)."""
-        self.options = options or VmOptions()
+        # MACHINE= and CPU_MODEL= of make test: the defaults replaced here,
+        # once, so that a test reads the options its guest really has.
+        self.options = VmProfile.from_environment().apply(options or VmOptions())
         self.incoming = incoming
         self.logs = VmLogs(log_dir)
         self.name = name
