@@ -131,7 +131,7 @@ write_manifest() {
 $(for test in $SELFTESTS; do
     name=$(basename "$test")
     printf '    "%s": "%s"' "$name" "$OUT/selftests/$name"
-    [ "$test" = "${SELFTESTS##* }" ] && echo || echo ,
+    if [ "$test" = "${SELFTESTS##* }" ]; then echo; else echo ,; fi
   done)
   },
   "checkpatch": "$OUT/checkpatch.txt"

@@ -237,7 +237,7 @@ cmd_stock() {
     tree=$TREE_ROOT/stock-$base/src
     build=$TREE_ROOT/stock-$base/build
     if [ -x "$build/qemu-system-x86_64" ] && [ -e "$TREE_ROOT/stock-$base/complete" ]; then
-        SANITIZE= write_manifest "$build/qemu-system-x86_64" none qemu-stock.json 0
+        SANITIZE='' write_manifest "$build/qemu-system-x86_64" none qemu-stock.json 0
         echo "qemu-stock: up to date ($SOURCE_DESC without the series)"
         return 0
     fi
@@ -251,7 +251,7 @@ cmd_stock() {
     ninja_step "qemu-stock: build qemu-system-x86_64 (log: $log)" "$log" \
         -C "$build" qemu-system-x86_64
     touch "$TREE_ROOT/stock-$base/complete"
-    SANITIZE= write_manifest "$build/qemu-system-x86_64" none qemu-stock.json 0
+    SANITIZE='' write_manifest "$build/qemu-system-x86_64" none qemu-stock.json 0
     echo "qemu-stock: $build/qemu-system-x86_64"
 }
 
