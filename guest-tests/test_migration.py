@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.command import HYPERV_CPU
+from orchestrator.command import STIMER_CPU
 from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import (
     REF_TIME_HZ,
@@ -183,7 +183,6 @@ def test_synic_flags_and_ports_survive_the_move(fresh_vm: Vm, tmp_path: Path, wa
 
 # --- synthetic timers and the reference clock across the move ---------------
 
-TIMER_CPU = HYPERV_CPU + ",hv-time,hv-stimer,hv-stimer-direct"
 DIRECT_VECTOR = 0xE7
 PERIOD = 10 * REF_TIME_HZ // 1000  # 10 ms in reference time units
 
@@ -221,7 +220,7 @@ TIMER_WAYS: dict[str, Callable[[Vm, Path], AbstractContextManager[Vm]]] = {
 }
 
 
-@pytest.mark.vm_options(cpu=TIMER_CPU)
+@pytest.mark.vm_options(cpu=STIMER_CPU)
 @pytest.mark.parametrize("way", TIMER_WAYS)
 def test_timers_and_reference_clock_go_on_after_the_move(
     fresh_vm: Vm, tmp_path: Path, way: str

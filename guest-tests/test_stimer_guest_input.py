@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.command import HYPERV_CPU
+from orchestrator.command import STIMER_CPU
 from orchestrator.hvdefs import (
     REF_TIME_HZ,
     STIMER_DIRECT,
@@ -33,7 +33,7 @@ from orchestrator.vm import Vm
 
 pytestmark = [
     pytest.mark.vm,
-    pytest.mark.vm_options(cpu=HYPERV_CPU + ",hv-time,hv-stimer,hv-stimer-direct"),
+    pytest.mark.vm_options(cpu=STIMER_CPU),
 ]
 
 CPU, SINT, VECTOR, DIRECT_VECTOR = 0, 3, 0xE3, 0xE7

@@ -20,6 +20,9 @@ BASE_KERNEL_CMDLINE = (
 # The Hyper-V enlightenments the series implements under TCG, where they are
 # opt-in (x-hv-tcg=on; KVM ignores the property).
 HYPERV_CPU = "max,x-hv-tcg=on,hv-relaxed,hv-vpindex,hv-synic"
+# The Hyper-V guest with synthetic timers (the clock they need, direct mode):
+# Linux then takes them as its clockevent.
+STIMER_CPU = HYPERV_CPU + ",hv-time,hv-stimer,hv-stimer-direct"
 # An ISA device whose port 0x3000 lets the guest create SINT routes and
 # message/event connections that echo back what the guest sends.
 HYPERV_TESTDEV = ("-device", "hyperv-testdev")
