@@ -36,6 +36,14 @@ ifneq ($(CPU_MODEL),)
 export HVSD_CPU_MODEL := $(CPU_MODEL)
 endif
 
+# SERIES=fixes,signal-event-direct: build and test a prefix of the QEMU stack
+# (qemu-patches/SERIES) instead of all of it; its build and manifest are its
+# own (qemu-series-<last>.json), read by the harness through HVSD_SERIES.
+ifneq ($(SERIES),)
+export SERIES
+export HVSD_SERIES := $(SERIES)
+endif
+
 # SANITIZE=1: build and run the QEMU built with ASan and UBSan (qemu-asan.json)
 # instead of the normal one; the harness reads HVSD_SANITIZE. Its test logs go
 # to test-logs/sanitize/.

@@ -7,12 +7,15 @@ with it, the features TCG lacks are ignored with a warning, not refused."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from orchestrator.artifacts import FIRMWARE_DIRS, find_qemu
 from orchestrator.command import VmOptions
-from orchestrator.probe import Probe
+from orchestrator.hvdefs import Msr
+from orchestrator.probe import CpuidResult, MsrResult, Probe
 from orchestrator.synic import HostSynic
 from orchestrator.vm import Vm
 
@@ -116,3 +119,65 @@ def test_hv_passthrough_with_opt_in_is_every_flag_tcg_emulates(tmp_path: Path) -
         ).out.strip()
         assert clocksource == "hyperv_clocksource_tsc_page"
         assert "warning" not in vm.logs.qemu.read_text()
+
+
+# The command lines that start on the base: qemu-patches/base-command-lines,
+# which `make check-series` also starts at every patch.
+BASE_COMMAND_LINES = Path(__file__).resolve().parents[1] / "qemu-patches" / "base-command-lines"
+
+
+def base_command_lines() -> list[list[str]]:
+    lines = BASE_COMMAND_LINES.read_text().splitlines()
+    return [line.split() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def start_and_quit(binary: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """QEMU with `args`, stopped before the guest runs, told to quit over QMP."""
+    firmware = [arg for path in FIRMWARE_DIRS for arg in ("-L", str(path))]
+    return subprocess.run(
+        [str(binary), "-display", "none", "-nodefaults", "-S", "-qmp", "stdio", *firmware, *args],
+        input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", base_command_lines(), ids=" ".join)
+def test_what_started_on_the_base_starts_on_ours(args: list[str]) -> None:
+    stock = start_and_quit(find_qemu(stock=True).binary, args)
+    assert stock.returncode == 0, stock.stderr  # the set is what the base starts
+    ours = start_and_quit(find_qemu().binary, args)
+    assert ours.returncode == 0, ours.stderr
+    assert '"return": {}' in ours.stdout
+
+
+# Leaves 0x40000000 on, as far as KVM's 0x4000000A, and every Hyper-V MSR the
+# harness knows: on the base TCG answers them as it does any leaf and MSR it
+# does not know; so must ours without x-hv-tcg=on.
+ALL_HV_LEAVES = range(0x40000000, 0x4000000B)
+USERS_MACHINES = ("pc-q35-10.2", "pc-i440fx-9.2")
+
+
+def guest_view(vm: Vm) -> tuple[list[CpuidResult], list[MsrResult]]:
+    probe = Probe(vm.guest)
+    leaves = [probe.cpuid(leaf, cpu=cpu) for cpu in (0, 1) for leaf in ALL_HV_LEAVES]
+    msrs = [probe.rdmsr(msr) for msr in Msr]
+    return leaves, msrs
+
+
+@pytest.mark.parametrize("machine", USERS_MACHINES)
+def test_an_existing_machine_types_guest_sees_what_it_saw_on_the_base(
+    tmp_path: Path, machine: str
+) -> None:
+    options = VmOptions(cpu=f"max,{WINDOWS_DEFAULTS}", machine=machine)
+    views = {}
+    for name, stock in (("stock", True), ("ours", False)):
+        with Vm(tmp_path / name, options, name=name, stock_qemu=stock) as vm:
+            views[name] = guest_view(vm)
+    leaves, msrs = views["ours"]
+    assert leaves[0].text("ebx", "ecx", "edx") == "TCGTCGTCGTCG"
+    # (TCG reads an MSR it does not know as 0, without #GP, on the base too)
+    assert {(msr.value, msr.gp) for msr in msrs} == {(0, False)}
+    assert views["ours"] == views["stock"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,12 @@ from orchestrator.errors import HarnessError
 # (option ROMs such as linuxboot_dma.bin) and ipxe-qemu (NIC ROMs).
 FIRMWARE_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"), Path("/usr/lib/ipxe/qemu"))
 REQUIRED_FIRMWARE = ("bios-256k.bin", "linuxboot_dma.bin")
+
+
+# The QEMU series, in the order they apply (qemu-patches/SERIES); the last one
+# brings Hyper-V under TCG.
+STACK_FILE = Path(__file__).resolve().parents[1] / "qemu-patches" / "SERIES"
+HYPERV_TCG_SERIES = "hyperv-tcg"
 
 
 def cache_dir() -> Path:
@@ -34,6 +41,24 @@ class QemuBuild:
     # Built with ASan and UBSan (make qemu SANITIZE=1): run with
     # sanitize.environment(), reports counted at the end.
     sanitized: bool = False
+    # The series it was built with, in order (empty: unknown or none)
+    series: tuple[str, ...] = ()
+
+    def offers_hyperv_tcg(self) -> bool:
+        """Whether this QEMU emulates Hyper-V under TCG: its CPUs have the
+        x-hv-tcg property (a prefix of the stack without the hyperv-tcg
+        series, or a QEMU without the series, does not)."""
+        try:
+            out = subprocess.run(
+                [str(self.binary), "-device", "max-x86_64-cpu,help"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HarnessError(f"cannot run {self.binary}: {exc}") from None
+        return "x-hv-tcg" in out.stdout
 
 
 @dataclass(frozen=True)
@@ -79,9 +104,32 @@ def find_qemu(stock: bool = False) -> QemuBuild:
         return QemuBuild(binary, "$QEMU override", "", 0, "")
     if sanitize.enabled():
         data = _read_manifest("qemu-asan.json", "qemu SANITIZE=1")
+    elif prefix := selected_prefix():
+        make_target = f"qemu SERIES={','.join(prefix)}"
+        return _build_of(_read_manifest(f"qemu-series-{prefix[-1]}.json", make_target), make_target)
     else:
         data = _read_manifest("qemu.json", "qemu")
     return _build_of(data, "qemu")
+
+
+def stack() -> tuple[str, ...]:
+    """The QEMU series, in the order they apply."""
+    lines = STACK_FILE.read_text().splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def selected_prefix() -> tuple[str, ...]:
+    """$HVSD_SERIES (make ... SERIES=a,b) when it names a proper prefix of
+    the stack, whose build has a manifest of its own; () for the whole stack."""
+    wanted = tuple(name for name in os.environ.get("HVSD_SERIES", "").split(",") if name)
+    if not wanted:
+        return ()
+    whole = stack()
+    if wanted != whole[: len(wanted)]:
+        raise HarnessError(
+            f"SERIES={','.join(wanted)} is not a prefix of the stack ({','.join(whole)})"
+        )
+    return wanted if len(wanted) < len(whole) else ()
 
 
 def _build_of(data: dict[str, object], make_target: str) -> QemuBuild:
@@ -92,6 +140,7 @@ def _build_of(data: dict[str, object], make_target: str) -> QemuBuild:
         series_length=int(str(data["series_length"])),
         version=str(data["version"]),
         sanitized=data.get("sanitized") is True,
+        series=tuple(name for name in str(data.get("series", "")).split(",") if name),
     )
     if not build.binary.is_file():
         raise HarnessError(f"QEMU binary {build.binary} not found: run 'make {make_target}'")

@@ -31,6 +31,7 @@ import pytest
 
 from orchestrator import sanitize
 from orchestrator.accel import Accel, choose_accel, kvm_kind
+from orchestrator.artifacts import HYPERV_TCG_SERIES, find_qemu
 from orchestrator.command import VmOptions
 from orchestrator.contract_coverage import ContractCoveragePlugin
 from orchestrator.errors import HarnessError
@@ -95,6 +96,34 @@ def pytest_configure(config: pytest.Config) -> None:
     # fixture teardown (and with it QEMU's shutdown) runs.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "workerinput") or "not vm" in (config.option.markexpr or ""):
+        return
+    _stop_without_hyperv_under_tcg()
+
+
+def _stop_without_hyperv_under_tcg() -> None:
+    """A TCG run on a QEMU without Hyper-V under TCG (a prefix of the stack
+    without the hyperv-tcg series) would fail every guest test: it stops
+    instead, with one line saying so."""
+    try:
+        if choose_accel().name != "tcg":
+            return
+        build = find_qemu()
+        if build.offers_hyperv_tcg():
+            return
+    except HarnessError:
+        return  # the tests report it, one line each
+    series = ",".join(build.series) or "none"
+    pytest.exit(
+        f"this QEMU ({build.binary}, series: {series}) has no Hyper-V under TCG, "
+        f"which the TCG leg tests (series {HYPERV_TCG_SERIES}); "
+        f"its suites run on the KVM legs: make test-kvm KVM_MODULES=patched SERIES={series}",
+        returncode=pytest.ExitCode.USAGE_ERROR,
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:

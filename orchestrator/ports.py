@@ -1,6 +1,7 @@
 """Event ports and connections as the host manages them: QEMU's unstable
 x-hv-port-create/-delete, x-hv-connection-set/-delete and x-query-hv-ports
-commands (qemu-patches 0019), typed."""
+commands (qemu-patches/signal-event-direct, "x- QMP commands to manage event
+ports and connections"), typed."""
 
 from __future__ import annotations
 

@@ -3,11 +3,12 @@
 The write's bytes are, from low to high: SINT, VP index, command, connection
 id. Message connections post back what the guest posted to them; event
 connections set the flag whose number is their connection id. Port commands
-(qemu-patches 0020) put the port id in the connection id's byte; PORT_CREATE
-takes base flag, flag count and type from the register at 0x3004, written
-first, and CONN_SET_PORT takes the port id in the SINT's byte.
-EVT_CONN_CREATE_FLAGS (qemu-patches 0020) makes an event connection with a
-flag count (from that register): FlagNumber N sets flag connection id + N.
+(qemu-patches/signal-event-direct, "let the guest create event ports") put
+the port id in the connection id's byte; PORT_CREATE takes base flag, flag
+count and type from the register at 0x3004, written first, and
+CONN_SET_PORT takes the port id in the SINT's byte. EVT_CONN_CREATE_FLAGS
+(the same patch) makes an event connection with a flag count (from that
+register): FlagNumber N sets flag connection id + N.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds qemu-system-x86_64 from the pinned base (qemu-patches/BASE) with the
-# series (qemu-patches/series) applied, into the cache.
+# series applied, into the cache. qemu-patches/SERIES lists the series in the
+# order they apply, each based on the ones before it; each has a directory
+# with its own `series` file and cover letter.
 #
 #   build-qemu.sh build    fetch, apply, configure, build; write qemu.json
 #   build-qemu.sh stock    the base alone, without the series: qemu-stock.json
@@ -11,13 +13,17 @@
 #   build-qemu.sh check    what QEMU's CI would run: checkpatch, other builds, qtests, each patch
 #
 # QEMU_SRC=/path/to/qemu.git builds that tree's HEAD with the series instead.
+# SERIES=fixes,signal-event-direct (build, check): a prefix of the stack
+# instead of all of it. A prefix is built in a worktree and build directory of
+# its own, with its own manifest (qemu-series-<last>.json), so the full
+# stack's tree and binary are never touched by it.
 # SANITIZE=1 (build): the same tree with AddressSanitizer and UBSan, in its own
 # build directory (build-asan) with its own manifest (qemu-asan.json).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-PATCH_DIR=$PROJECT_ROOT/qemu-patches
+PATCH_DIR=${HVSD_PATCH_DIR:-$PROJECT_ROOT/qemu-patches}
 DEV_TREE=$PROJECT_ROOT/qemu-dev
 PYTHON=${PYTHON:-$PROJECT_ROOT/.venv/bin/python}
 # shellcheck source=qemu-patches/BASE
@@ -33,16 +39,64 @@ CONFIGURE_FLAGS=(
     --enable-hv-balloon
 )
 
+listed() {
+    grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$1" || true
+}
+
+# The series of the stack, in the order they apply.
+all_series() {
+    listed "$PATCH_DIR/SERIES"
+}
+
+# Checks SERIES (a comma-separated prefix of the stack; empty: all of it) and
+# sets SELECTED to the series it names, in order.
+select_series() {
+    local -a all wanted
+    local i
+    mapfile -t all < <(all_series)
+    [ "${#all[@]}" -gt 0 ] || die "$PATCH_DIR/SERIES lists no series"
+    if [ -z "${SERIES:-}" ]; then
+        SELECTED=("${all[@]}")
+        return 0
+    fi
+    IFS=, read -r -a wanted <<<"$SERIES"
+    for i in "${!wanted[@]}"; do
+        if [ "$i" -ge "${#all[@]}" ] || [ "${wanted[$i]}" != "${all[$i]}" ]; then
+            die "SERIES=$SERIES is not a prefix of the stack ($(IFS=,; echo "${all[*]}")): each series applies on the ones before it"
+        fi
+    done
+    SELECTED=("${wanted[@]}")
+}
+
+# The selection is the whole stack.
+full_stack() {
+    [ "${#SELECTED[@]}" -eq "$(all_series | wc -l)" ]
+}
+
+# The patches of one series, as paths under qemu-patches/.
+patches_of() {
+    local series=$1
+    [ -f "$PATCH_DIR/$series/series" ] || die "qemu-patches/$series/series is missing"
+    listed "$PATCH_DIR/$series/series" | sed "s|^|$series/|"
+}
+
+# The selected series' patches, in the order they apply.
 series_patches() {
-    grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$PATCH_DIR/series" || true
+    local series
+    for series in "${SELECTED[@]}"; do
+        patches_of "$series"
+    done
 }
 
 series_hash() {
-    local patch
+    local patch series
     {
-        cat "$PATCH_DIR/series"
+        for series in "${SELECTED[@]}"; do
+            echo "$series"
+            cat "$PATCH_DIR/$series/series"
+        done
         for patch in $(series_patches); do
-            [ -f "$PATCH_DIR/$patch" ] || die "series lists $patch but qemu-patches/$patch does not exist"
+            [ -f "$PATCH_DIR/$patch" ] || die "a series lists $patch but qemu-patches/$patch does not exist"
             cat "$PATCH_DIR/$patch"
         done
     } | sha256sum | cut -c1-16
@@ -152,7 +206,9 @@ resolve_tree() {
 }
 
 write_manifest() {
-    local binary=$1 hash=$2 manifest=$3 length=${4:-$(series_patches | wc -l)} version
+    local binary=$1 hash=$2 manifest=$3 length=${4:-$(series_patches | wc -l)} version series
+    series=$(IFS=,; echo "${SELECTED[*]}")
+    [ "$length" -gt 0 ] || series=
     # (a sanitized QEMU warns on stderr about swapcontext at every start)
     version=$("$binary" --version 2>/dev/null | head -n1)
     cat >"$HVSD_CACHE/$manifest" <<JSON
@@ -160,6 +216,7 @@ write_manifest() {
   "binary": "$binary",
   "sanitized": $([ "${SANITIZE:-}" = 1 ] && echo true || echo false),
   "base": "$SOURCE_DESC",
+  "series": "$series",
   "series_hash": "$hash",
   "series_length": $length,
   "version": "$version"
@@ -182,15 +239,20 @@ restore_after_mutate() {
 }
 
 cmd_build() {
-    local log hash tree build marker manifest=qemu.json variant=
+    local log hash tree build marker applied manifest=qemu.json variant='' prefix_root
     need_tool git ninja dpkg-source apt-get
     [ -x "$PYTHON" ] || die "python $PYTHON not found (run 'make venv')"
     if [ "${SANITIZE:-}" = 1 ]; then
+        full_stack || die "SANITIZE=1 builds the whole stack; leave SERIES unset"
         # Beside the normal build, never instead of it: own directory, marker,
         # manifest and log.
         variant=-asan
         manifest=qemu-asan.json
         CONFIGURE_FLAGS+=(--enable-asan --enable-ubsan)
+    fi
+    if ! full_stack; then
+        variant=-series-${SELECTED[-1]}
+        manifest=qemu-series-${SELECTED[-1]}.json
     fi
     mkdir -p "$HVSD_CACHE/logs"
     log=$HVSD_CACHE/logs/qemu$variant-build.log
@@ -199,19 +261,38 @@ cmd_build() {
     tree=$TREE_ROOT/src
     build=$TREE_ROOT/build$variant
     marker=$TREE_ROOT/built-series$variant
+    applied=$TREE_ROOT/applied-series
+    if ! full_stack; then
+        # A prefix: a worktree and build directory of its own
+        prefix_root=$TREE_ROOT/series-${SELECTED[-1]}
+        tree=$prefix_root/src
+        build=$prefix_root/build
+        marker=$prefix_root/built-series
+        applied=$prefix_root/applied-series
+        if [ ! -e "$tree/.git" ]; then
+            "${GIT[@]}" -C "$TREE_ROOT/src" worktree prune
+            rm -rf "$tree"
+            mkdir -p "$prefix_root"
+            step "qemu$variant: worktree of the base" "$log" \
+                "${GIT[@]}" -C "$TREE_ROOT/src" worktree add -q -f --detach "$tree" hvsd-base
+        fi
+    fi
+    BUILT_TREE=$tree
     hash=$(series_hash)
-    restore_after_mutate "$tree"
+    if full_stack; then
+        restore_after_mutate "$tree"
+    fi
     if [ -x "$build/qemu-system-x86_64" ] && [ "$(cat "$marker" 2>/dev/null)" = "$hash" ]; then
         write_manifest "$build/qemu-system-x86_64" "$hash" "$manifest"
         echo "qemu$variant: up to date ($SOURCE_DESC, series $hash)"
         return 0
     fi
-    if [ "$(cat "$TREE_ROOT/applied-series" 2>/dev/null)" != "$hash" ]; then
-        rm -f "$TREE_ROOT/applied-series"
-        printf 'qemu: apply series (%s patches) ... ' "$(series_patches | wc -l)"
+    if [ "$(cat "$applied" 2>/dev/null)" != "$hash" ]; then
+        rm -f "$applied"
+        printf 'qemu%s: apply %s (%s patches) ... ' "$variant" "$(IFS=,; echo "${SELECTED[*]}")" "$(series_patches | wc -l)"
         apply_series "$tree" "$log"
         echo "done"
-        echo "$hash" >"$TREE_ROOT/applied-series"
+        echo "$hash" >"$applied"
     fi
     step "qemu$variant: configure" "$log" configure_tree "$tree" "$build" "$log"
     ninja_step "qemu$variant: build qemu-system-x86_64 (log: $log)" "$log" \
@@ -255,8 +336,13 @@ cmd_stock() {
     echo "qemu-stock: $build/qemu-system-x86_64"
 }
 
+# The tag in ./qemu-dev on the last commit of a series.
+end_tag() {
+    echo "hvsd-end/$1"
+}
+
 cmd_dev() {
-    local log
+    local log series patch
     mkdir -p "$HVSD_CACHE/logs"
     log=$HVSD_CACHE/logs/qemu-dev.log
     : >"$log"
@@ -268,29 +354,55 @@ cmd_dev() {
     "${GIT[@]}" -C "$TREE_ROOT/src" worktree prune
     "${GIT[@]}" -C "$TREE_ROOT/src" worktree add -q -f -B hvsd-dev "$DEV_TREE" hvsd-base >>"$log" 2>&1 \
         || die "git worktree add failed; see $log"
-    for patch in $(series_patches); do
-        "${GIT[@]}" -C "$DEV_TREE" am -q --3way "$PATCH_DIR/$patch" >>"$log" 2>&1 \
-            || die "patch $patch does not apply in $DEV_TREE; see $log"
+    for series in "${SELECTED[@]}"; do
+        for patch in $(patches_of "$series"); do
+            "${GIT[@]}" -C "$DEV_TREE" am -q --3way "$PATCH_DIR/$patch" >>"$log" 2>&1 \
+                || die "patch $patch does not apply in $DEV_TREE; see $log"
+        done
+        "${GIT[@]}" -C "$DEV_TREE" tag -f "$(end_tag "$series")" >>"$log" 2>&1
     done
-    echo "qemu-dev: $DEV_TREE (branch hvsd-dev, series as commits on tag hvsd-base)"
+    echo "qemu-dev: $DEV_TREE (branch hvsd-dev, the series as commits on tag hvsd-base;"
+    echo "qemu-dev: tags $(end_tag '<series>') mark each one's last commit: move them along when you rebase)"
     echo "qemu-dev: build with: (mkdir -p $DEV_TREE/build && cd $DEV_TREE/build && ../configure --python=$PYTHON ${CONFIGURE_FLAGS[*]}) && ninja -C $DEV_TREE/build qemu-system-x86_64"
     echo "qemu-dev: test with: make test QEMU=$DEV_TREE/build/qemu-system-x86_64; export with: make qemu-export"
 }
 
 cmd_export() {
-    local patch
+    local series from=hvsd-base to n=0 patch
     [ -e "$DEV_TREE/.git" ] || die "no $DEV_TREE; run 'make qemu-dev' first"
     git -C "$DEV_TREE" diff --quiet HEAD || die "$DEV_TREE has uncommitted changes; commit them first"
-    for patch in $(series_patches); do
-        rm -f "$PATCH_DIR/$patch"
+    # Each series' commits: from the previous one's end tag to its own; the
+    # last series ends at HEAD.
+    for series in "${SELECTED[@]}"; do
+        to=$(end_tag "$series")
+        [ "$series" = "${SELECTED[-1]}" ] && to=HEAD
+        git -C "$DEV_TREE" rev-parse -q --verify "$to^{commit}" >/dev/null \
+            || die "no tag $to in $DEV_TREE: tag the last commit of $series with it"
+        if ! git -C "$DEV_TREE" merge-base --is-ancestor "$from" "$to" ||
+            ! git -C "$DEV_TREE" merge-base --is-ancestor "$to" HEAD; then
+            die "tag $to is not between $from and HEAD in $DEV_TREE: after a rebase, move it to the last commit of $series (git tag -f $to <commit>)"
+        fi
+        from=$to
     done
-    {
-        echo "# One patch file name per line, applied in order with git am."
-        git -C "$DEV_TREE" format-patch --no-signature --zero-commit -o "$PATCH_DIR" hvsd-base..HEAD \
-            | xargs -r -n1 basename
-    } >"$PATCH_DIR/series.new"
-    mv "$PATCH_DIR/series.new" "$PATCH_DIR/series"
-    echo "qemu-export: $(series_patches | wc -l) patches written to $PATCH_DIR"
+    from=hvsd-base
+    for series in "${SELECTED[@]}"; do
+        to=$(end_tag "$series")
+        [ "$series" = "${SELECTED[-1]}" ] && to=HEAD
+        for patch in $(patches_of "$series" 2>/dev/null || true); do
+            rm -f "$PATCH_DIR/$patch"
+        done
+        mkdir -p "$PATCH_DIR/$series"
+        {
+            echo "# One patch file name per line, applied in order with git am."
+            git -C "$DEV_TREE" format-patch --no-signature --zero-commit \
+                -o "$PATCH_DIR/$series" "$from..$to" | xargs -r -n1 basename
+        } >"$PATCH_DIR/$series/series.new"
+        mv "$PATCH_DIR/$series/series.new" "$PATCH_DIR/$series/series"
+        echo "qemu-export: $series: $(patches_of "$series" | wc -l) patches written to $PATCH_DIR/$series"
+        n=$((n + $(patches_of "$series" | wc -l)))
+        from=$to
+    done
+    echo "qemu-export: $n patches in ${#SELECTED[@]} series"
 }
 
 # With an upstream QEMU git tree (QEMU_UPSTREAM): turns each patch's
@@ -322,7 +434,7 @@ cmd_upstream_fixes() {
 # user.email), which is what certifies the DCO. The series itself carries no
 # Signed-off-by: nobody may sign for the sender. Written to series-out/.
 cmd_mail() {
-    local log name email tree out subject
+    local log name email tree out subject series start letter patch
     name=$(git -C "$PROJECT_ROOT" config user.name || true)
     email=$(git -C "$PROJECT_ROOT" config user.email || true)
     if [ -z "$name" ] || [ -z "$email" ] || [ "$email" = hv-signal-direct@localhost ]; then
@@ -339,40 +451,51 @@ cmd_mail() {
         git clone -q --shared "$TREE_ROOT/src" "$tree/src" &&
             "${as_sender[@]}" -C "$tree/src" checkout -q --detach hvsd-base
     } >>"$log" 2>&1 || die "series-export: cannot clone $TREE_ROOT/src; see $log"
-    for patch in $(series_patches); do
-        "${as_sender[@]}" -C "$tree/src" am -q --3way "$PATCH_DIR/$patch" >>"$log" 2>&1 \
-            || die "series-export: $patch does not apply; see $log"
-    done
-    "${as_sender[@]}" -C "$tree/src" rebase -q \
-        --exec "git commit -q --amend --no-edit --reset-author --signoff" hvsd-base >>"$log" 2>&1 \
-        || die "series-export: could not sign the series; see $log"
     rm -rf "$out"
-    "${as_sender[@]}" -C "$tree/src" format-patch -q --cover-letter --thread=shallow \
-        -o "$out" hvsd-base..HEAD >>"$log" 2>&1 || die "series-export: format-patch failed; see $log"
-    subject=$(sed -n '1s/^Subject: \[PATCH [0-9]*\/[0-9]*\] //p' "$PATCH_DIR/cover-letter.txt")
-    SUBJECT=$subject BLURB=$(sed '1,2d' "$PATCH_DIR/cover-letter.txt") perl -0pi -e \
-        's/\*\*\* SUBJECT HERE \*\*\*/$ENV{SUBJECT}/; s/\*\*\* BLURB HERE \*\*\*/$ENV{BLURB}/' \
-        "$out"/0000-cover-letter.patch
+    # One thread per series, each with its cover letter (which names the
+    # series it is based on), in the order they apply.
+    for series in "${SELECTED[@]}"; do
+        start=$(git -C "$tree/src" rev-parse HEAD)
+        for patch in $(patches_of "$series"); do
+            "${as_sender[@]}" -C "$tree/src" am -q --3way "$PATCH_DIR/$patch" >>"$log" 2>&1 \
+                || die "series-export: $patch does not apply; see $log"
+        done
+        "${as_sender[@]}" -C "$tree/src" rebase -q \
+            --exec "git commit -q --amend --no-edit --reset-author --signoff" "$start" >>"$log" 2>&1 \
+            || die "series-export: could not sign $series; see $log"
+        "${as_sender[@]}" -C "$tree/src" format-patch -q --cover-letter --thread=shallow \
+            -o "$out/$series" "$start..HEAD" >>"$log" 2>&1 || die "series-export: format-patch of $series failed; see $log"
+        letter=$PATCH_DIR/$series/cover-letter.txt
+        [ -f "$letter" ] || die "series-export: $letter is missing"
+        subject=$(sed -n '1s/^Subject: \[PATCH [0-9]*\/[0-9]*\] //p' "$letter")
+        SUBJECT=$subject BLURB=$(sed '1,2d' "$letter") perl -0pi -e \
+            's/\*\*\* SUBJECT HERE \*\*\*/$ENV{SUBJECT}/; s/\*\*\* BLURB HERE \*\*\*/$ENV{BLURB}/' \
+            "$out/$series"/0000-cover-letter.patch
+    done
     rm -rf "$tree"
-    echo "series-export: $(find "$out" -name '*.patch' | wc -l) mails in $out, signed off by $name <$email>"
+    echo "series-export: $(find "$out" -name '*.patch' | wc -l) mails in $out (one directory per series), signed off by $name <$email>"
 }
 
 # What QEMU's own CI would run against the series, one progress line and one
-# log per step (logs/check-series/): checkpatch on every patch; the tip built
-# with one accelerator left out each time, for x86_64-linux-user, and for one
-# non-x86 softmmu target (avr, the smallest: the QMP stubs are target-neutral);
-# the qtests that touch what the series changes; QEMU's x86_64 system tests
-# under TCG (check-tcg), the series' bare-metal one among them; then a build at every commit
-# of the series (each patch must build on its own).
-# The checks' own worktree of the series' tip, beside the harness's tree, and
-# build directories of their own under $TREE_ROOT/check: building every
+# log per step (logs/check-series/): checkpatch on every patch; at the tip of
+# each series (each prefix of the stack: fixes, then fixes and
+# signal-event-direct, ...) a build, the qtests that touch what the series
+# change and the base's command lines (qemu-patches/base-command-lines); at
+# the tip of the selection, builds with one accelerator left out each time,
+# for x86_64-linux-user and for one non-x86 softmmu target (avr, the
+# smallest: the QMP stubs are target-neutral), and QEMU's x86_64 system
+# tests under TCG (check-tcg), the series' bare-metal one among them once
+# Hyper-V under TCG is in; then at every commit a build and the base's
+# command lines.
+# The checks' own worktree of the selection's tip, beside the harness's tree,
+# and build directories of their own under $TREE_ROOT/check: building every
 # patch there, finished, failed or interrupted, never changes the tree or
 # the binary `make qemu` built and the tests run. Sets CHECK_ROOT,
 # CHECK_TREE and CHECK_TIP.
 check_tree() {
     CHECK_ROOT=$TREE_ROOT/check
     CHECK_TREE=$CHECK_ROOT/src
-    CHECK_TIP=$(git -C "$TREE_ROOT/src" rev-parse HEAD)
+    CHECK_TIP=$(git -C "$BUILT_TREE" rev-parse HEAD)
     if [ ! -e "$CHECK_TREE/.git" ]; then
         "${GIT[@]}" -C "$TREE_ROOT/src" worktree prune
         rm -rf "$CHECK_TREE"
@@ -383,9 +506,20 @@ check_tree() {
     "${GIT[@]}" -C "$CHECK_TREE" checkout -q -f --detach "$CHECK_TIP"
 }
 
+# The commit that ends each selected series in the checks' tree, in order.
+series_ends() {
+    local series n=0
+    local -a commits
+    mapfile -t commits < <(git -C "$CHECK_TREE" rev-list --reverse "hvsd-base..$CHECK_TIP")
+    for series in "${SELECTED[@]}"; do
+        n=$((n + $(patches_of "$series" | wc -l)))
+        echo "$series ${commits[$((n - 1))]}"
+    done
+}
+
 cmd_check() {
-    local logs variant build flag patch test
-    local -a flags
+    local logs variant build flag patch test series end
+    local -a flags qtests
     cmd_build
     step "qemu: the checks' worktree ($TREE_ROOT/check)" "$HVSD_CACHE/logs/qemu-build.log" check_tree
     logs=$HVSD_CACHE/logs/check-series
@@ -395,6 +529,23 @@ cmd_check() {
         step "checkpatch $patch" "$logs/checkpatch.log" \
             checkpatch_clean "$CHECK_TREE" "$PATCH_DIR/$patch"
     done
+    configure_other "$CHECK_ROOT/build" "$logs/build.log" "${CONFIGURE_FLAGS[@]}"
+    while read -r series end; do
+        "${GIT[@]}" -C "$CHECK_TREE" checkout -q -f --detach "$end"
+        qtests=()
+        for test in "${X86_QTESTS[@]}"; do
+            [ -f "$CHECK_TREE/tests/qtest/$test.c" ] && qtests+=("$test")
+        done
+        step "qemu: build up to $series, and its qtests" "$logs/qtests-$series.log" \
+            clean_env ninja -C "$CHECK_ROOT/build" qemu-system-x86_64 "${qtests[@]/#/tests/qtest/}"
+        for test in "${qtests[@]}"; do
+            step "qtest x86_64 $test (up to $series)" "$logs/qtest-x86_64-$test-$series.log" \
+                run_qtest "$CHECK_ROOT/build" qemu-system-x86_64 "$test"
+        done
+        step "qemu: the base's command lines start (up to $series)" "$logs/command-lines-$series.log" \
+            start_base_command_lines "$CHECK_ROOT/build"
+    done < <(series_ends)
+    "${GIT[@]}" -C "$CHECK_TREE" checkout -q -f --detach "$CHECK_TIP"
     for variant in kvm tcg; do
         build=$CHECK_ROOT/build-no-$variant
         flags=()
@@ -414,18 +565,44 @@ cmd_check() {
         --target-list=avr-softmmu --without-default-devices "${OTHER_TARGET_FLAGS[@]}"
     step "qemu: build avr-softmmu and its qmp-cmd-test" "$logs/avr.log" \
         clean_env ninja -C "$CHECK_ROOT/build-avr" qemu-system-avr tests/qtest/qmp-cmd-test
-    configure_other "$CHECK_ROOT/build" "$logs/build.log" "${CONFIGURE_FLAGS[@]}"
-    step "qemu: build the x86_64 qtests" "$logs/qtests.log" \
-        clean_env ninja -C "$CHECK_ROOT/build" qemu-system-x86_64 "${X86_QTESTS[@]/#/tests/qtest/}"
-    for test in "${X86_QTESTS[@]}"; do
-        step "qtest x86_64 $test" "$logs/qtest-x86_64-$test.log" \
-            run_qtest "$CHECK_ROOT/build" qemu-system-x86_64 "$test"
-    done
     step "qtest avr qmp-cmd-test" "$logs/qtest-avr-qmp-cmd-test.log" \
         run_qtest "$CHECK_ROOT/build-avr" qemu-system-avr qmp-cmd-test
-    step "check-tcg x86_64-softmmu (hyperv-signal among them)" "$logs/check-tcg.log" \
+    step "qemu: build qemu-system-x86_64 at the tip" "$logs/build.log" \
+        clean_env ninja -C "$CHECK_ROOT/build" qemu-system-x86_64
+    step "check-tcg x86_64-softmmu$(has_hyperv_tcg && echo ' (hyperv-signal among them)')" "$logs/check-tcg.log" \
         check_tcg "$CHECK_ROOT/build"
     check_each_patch "$logs/each-patch.log"
+}
+
+# Hyper-V under TCG is in the selection (and with it the bare-metal test).
+has_hyperv_tcg() {
+    local series
+    for series in "${SELECTED[@]}"; do
+        [ "$series" = hyperv-tcg ] && return 0
+    done
+    return 1
+}
+
+# Starts every command line of qemu-patches/base-command-lines, stopped
+# before the guest runs, and quits it over QMP: each must start.
+start_base_command_lines() {
+    local build=$1 line status dir
+    local -a args firmware=()
+    for dir in "${FIRMWARE_DIRS[@]}"; do
+        firmware+=(-L "$dir")
+    done
+    while IFS= read -r line; do
+        read -r -a args <<<"$line"
+        echo "start: ${args[*]}"
+        status=0
+        printf '%s\n' '{"execute":"qmp_capabilities"}' '{"execute":"quit"}' |
+            timeout 120 "$build/qemu-system-x86_64" -display none -nodefaults -S -qmp stdio \
+                "${firmware[@]}" "${args[@]}" || status=$?
+        if [ "$status" -ne 0 ]; then
+            echo "error: did not start (exit $status): ${args[*]}"
+            return 1
+        fi
+    done < <(listed "$PATCH_DIR/base-command-lines")
 }
 
 # The qtests of QEMU's own suite that touch what the series changes: every
@@ -460,12 +637,14 @@ run_qtest() {
         timeout 1200 "./tests/qtest/$test"
 }
 
-# QEMU's system tests for x86_64 under TCG, with the native compiler, and
-# proof that the series' own one ran and passed.
+# QEMU's system tests for x86_64 under TCG, with the native compiler, and,
+# with Hyper-V under TCG, proof that the series' own one ran and passed.
 check_tcg() {
     local build=$1
-    clean_env make -C "$build" run-tcg-tests-x86_64-softmmu &&
+    clean_env make -C "$build" run-tcg-tests-x86_64-softmmu || return 1
+    if has_hyperv_tcg; then
         grep -H "PASS: 0 failure" "$build/tests/tcg/x86_64-softmmu/hyperv-signal.out"
+    fi
 }
 
 # 0 errors from QEMU's own scripts/checkpatch.pl. Its one warning on this
@@ -486,10 +665,13 @@ check_each_patch() {
         "${GIT[@]}" -C "$tree" checkout -q -f --detach "$commit" >>"$log" 2>&1
         step "qemu: build patch $n/$total: $(git -C "$tree" log -1 --format=%s "$commit")" "$log" \
             clean_env ninja -C "$CHECK_ROOT/build" qemu-system-x86_64
+        step "qemu: the base's command lines start at patch $n/$total" "$log" \
+            start_base_command_lines "$CHECK_ROOT/build"
     done
     "${GIT[@]}" -C "$tree" checkout -q -f --detach "$CHECK_TIP" >>"$log" 2>&1
 }
 
+select_series
 case ${1:-build} in
     build) cmd_build ;;
     stock) cmd_stock ;;
