@@ -130,7 +130,7 @@ test: qemu qemu-stock image
 # (the test guest under KVM inside a TCG guest). Runs the `kvm_leg` selection:
 # every test on the session Hyper-V guest (see README, "The KVM leg").
 KVM_LEG_SELECT ?= kvm_leg
-test-kvm: qemu image $(if $(filter patched,$(KVM_MODULES)),kvm-modules)
+test-kvm: qemu qemu-stock image $(if $(filter patched,$(KVM_MODULES)),kvm-modules)
 	@accel=$${ACCEL:-$$($(PY) -m orchestrator kvm-leg)} || exit 1; \
 	ACCEL=$$accel $(PY) -m pytest -m "$(KVM_LEG_SELECT)" --hvsd-logs=test-logs/kvm $(PYTEST_ARGS)
 

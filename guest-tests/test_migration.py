@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import guest_timers
 from orchestrator.command import STIMER_CPU
 from orchestrator.contract import HvStatus
 from orchestrator.hvdefs import (
@@ -188,13 +189,7 @@ PERIOD = 10 * REF_TIME_HZ // 1000  # 10 ms in reference time units
 
 
 def linux_stimer_interrupts(vm: Vm) -> int:
-    """Linux's count of its stimer0 clockevent's interrupts (direct mode), all CPUs."""
-    line = next(
-        line
-        for line in vm.guest.run("cat /proc/interrupts", check=True).out.splitlines()
-        if line.strip().startswith("HVS:")
-    )
-    return sum(int(field) for field in line.split()[1 : 1 + vm.options.cpus])
+    return guest_timers.linux_stimer_interrupts(vm.guest, vm.options.cpus)
 
 
 def ref_minus_uptime(vm: Vm) -> float:

@@ -46,6 +46,12 @@ class LaunchContext:
     console: ConsoleWatch
     # A migration destination (-incoming defer): no guest boots.
     incoming: bool = False
+    # Nested KVM: a second QEMU the KVM host carries, for a migration peer
+    # started in the same KVM host later (`cohost`).
+    peer_qemu: QemuBuild | None = None
+    # Nested KVM: the launcher of a running VM whose KVM host this VM's QEMU
+    # is to run in, beside that VM's (a migration destination).
+    cohost: Launcher | None = None
 
 
 class Launcher(Protocol):

@@ -12,6 +12,8 @@ from orchestrator.launcher import free_port
 from orchestrator.vm import Vm
 
 MIGRATION_TIMEOUT = 120.0
+# How long a destination that refused the stream is given to exit
+REFUSAL_GRACE = 15.0
 
 
 def _migration_status(vm: Vm) -> dict[str, Any]:
@@ -51,12 +53,33 @@ def wait_running(destination: Vm, timeout: float = MIGRATION_TIMEOUT) -> None:
 
 
 def migrate_live(source: Vm, destination: Vm) -> None:
-    """Live migration over TCP on this host; `destination` was started incoming."""
+    """Live migration over TCP on the host both QEMUs run on (this one, or one
+    KVM host guest); `destination` was started incoming. A stream the
+    destination refuses fails with the destination's own message, in one line
+    naming both QEMUs' logs; the source runs on."""
     uri = f"tcp:127.0.0.1:{free_port()}"
     destination.qmp.execute("migrate-incoming", {"uri": uri})
     source.qmp.execute("migrate", {"uri": uri})
-    wait_migrated(source)
+    try:
+        wait_migrated(source)
+    except HarnessError as exc:
+        refused = _refusal(destination)
+        raise HarnessError(
+            f"{exc.cause}; {destination.name} said: {refused} (its log: {destination.logs.qemu})",
+            source.logs.qmp,
+        ) from None
     wait_running(destination)
+
+
+def _refusal(destination: Vm) -> str:
+    """What the destination's QEMU printed when it gave up on the stream."""
+    destination.wait_exited(REFUSAL_GRACE)
+    try:
+        lines = destination.logs.qemu.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    said = [line.strip() for line in lines if "qemu-system-x86_64:" in line]
+    return " / ".join(said[-2:]) or "(nothing)"
 
 
 def save_to_file(source: Vm, path: Path) -> None:

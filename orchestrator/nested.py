@@ -12,7 +12,12 @@ translated to its mounts. The outer QEMU forwards SSH and QMP (TCP inside) out
 to this host, and the test guest's console goes to the outer guest's second
 serial port, which is the host file ConsoleWatch reads. The inner QEMU's log
 is copied out to the VM's qemu.log when it stops or fails; the KVM host's own
-logs go to <log dir>/kvm-host/."""
+logs go to <log dir>/kvm-host/.
+
+A migration destination runs in the KVM host of its source: a second inner
+QEMU (NestedPeerLauncher) on ports of its own, which the outer QEMU forwards
+from the start; the payload then carries the peer's QEMU too (the stock one,
+or ours), so the two can be different builds."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from orchestrator.accel import Accel, kvm_kind
-from orchestrator.artifacts import GuestImage
+from orchestrator.artifacts import GuestImage, QemuBuild
 from orchestrator.command import Launch, LaunchPaths, VmOptions, render
 from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
@@ -52,6 +57,10 @@ INNER_CONSOLE = PurePosixPath("/dev/ttyS1")
 INNER_DIR = PurePosixPath("/tmp/hvsd-inner")
 INNER_LOG = INNER_DIR / "qemu.log"
 INNER_GUEST_ERRORS = INNER_DIR / "guest-errors.log"
+# The migration peer's QEMU in the same KVM host
+PEER_SSH_PORT = 2223
+PEER_QMP_PORT = 4445
+PEER_DIR = INNER_DIR / "peer"
 # The KVM host's virtio disks, in command-line order: vda is its root.
 PAYLOAD_DEVICE, ROOTFS_DEVICE = "/dev/vdb", "/dev/vdc"
 ALIVE_EVERY = 3.0
@@ -154,11 +163,13 @@ def inner_launch(ctx: LaunchContext, layout: PayloadLayout) -> Launch:
     )
 
 
-def inner_start_command(argv: list[str]) -> str:
-    """Starts the inner QEMU detached (the SSH channel may close); prints its pid."""
+def inner_start_command(
+    argv: list[str], workdir: PurePosixPath = INNER_DIR, log: PurePosixPath = INNER_LOG
+) -> str:
+    """Starts an inner QEMU detached (the SSH channel may close); prints its pid."""
     return (
-        f"cd {INNER_DIR} || exit 1; TMPDIR={INNER_DIR} nohup {shlex.join(argv)} "
-        f"</dev/null >{INNER_LOG} 2>&1 & echo $!"
+        f"mkdir -p {workdir} && cd {workdir} || exit 1; TMPDIR={workdir} nohup "
+        f"{shlex.join(argv)} </dev/null >{log} 2>&1 & echo $!"
     )
 
 
@@ -187,6 +198,9 @@ class NestedLauncher:
         self._host_guest: Guest | None = None
         self._inner_pid: int | None = None
         self._last_check = 0.0
+        # This host's ports that reach a migration peer's SSH and QMP
+        self.peer_ssh_port = 0
+        self.peer_qmp_port = 0
 
     @property
     def boot_timeout(self) -> float:
@@ -208,8 +222,9 @@ class NestedLauncher:
         if ctx.incoming:
             raise HarnessError("a migration destination cannot start nested (ACCEL=nested-kvm)")
         self.host_logs.dir.mkdir(parents=True, exist_ok=True)
-        payload = ensure_payload(ctx.qemu, ctx.image, ctx.firmware, self.patched_kvm)
+        payload = ensure_payload(ctx.qemu, ctx.image, ctx.firmware, self.patched_kvm, ctx.peer_qemu)
         self.ssh_port, qmp_port = free_port(), free_port()
+        self.peer_ssh_port, self.peer_qmp_port = free_port(), free_port()
         self._boot_host(payload, qmp_port)
         self._prepare_kvm()
         started = time.monotonic()
@@ -251,7 +266,12 @@ class NestedLauncher:
             logs=logs,
             console=ConsoleWatch(logs.serial),
         )
-        forwards = ((self.ssh_port, INNER_SSH_PORT), (qmp_port, INNER_QMP_PORT))
+        forwards = (
+            (self.ssh_port, INNER_SSH_PORT),
+            (qmp_port, INNER_QMP_PORT),
+            (self.peer_ssh_port, PEER_SSH_PORT),
+            (self.peer_qmp_port, PEER_QMP_PORT),
+        )
         self._host = KvmHostLauncher(host_ctx, forwards)
         self._host.start()
         ctx.console.mark()
@@ -299,6 +319,17 @@ class NestedLauncher:
         if done.rc != 0:
             cause = causes.get(done.rc, f"KVM host set-up failed with status {done.rc}")
             raise HarnessError(f"{cause}: {said}", log)
+
+    def inner_qemu(self, build: QemuBuild) -> PurePosixPath:
+        """Where the KVM host runs `build`: the payload's first QEMU or its peer."""
+        if build.binary == self.ctx.qemu.binary:
+            return self.layout.qemu
+        if self.ctx.peer_qemu is not None and build.binary == self.ctx.peer_qemu.binary:
+            return self.layout.peer_qemu
+        raise HarnessError(
+            f"the KVM host of {self.ctx.name} carries no {build.binary}: "
+            "start the source VM with that QEMU as its peer"
+        )
 
     def _start_inner(self) -> None:
         argv = render(inner_launch(self.ctx, self.layout))
@@ -363,6 +394,89 @@ class NestedLauncher:
                 f"kill -9 {pid}",
                 timeout=30,
             )
+
+
+class NestedPeerLauncher:
+    """A migration destination's QEMU, in the KVM host of a running source
+    (`host`): started incoming, on the peer ports that the host forwards. It
+    must end before the source does, whose KVM host it runs in."""
+
+    def __init__(self, ctx: LaunchContext, host: NestedLauncher) -> None:
+        if not ctx.incoming:
+            raise HarnessError("a second QEMU in a KVM host is only a migration destination")
+        self.ctx = ctx
+        self.host = host
+        self.layout = host.layout
+        self.ssh_port = host.peer_ssh_port
+        self.qmp: Qmp | None = None
+        self._pid: int | None = None
+        self._last_check = 0.0
+
+    @property
+    def boot_timeout(self) -> float:
+        return self.ctx.options.boot_timeout * INNER_BOOT_FACTOR
+
+    @property
+    def pid(self) -> int | None:
+        return self.host.pid
+
+    def start(self) -> float:
+        ctx = self.ctx
+        ctx.logs.dir.mkdir(parents=True, exist_ok=True)
+        launch = dataclasses.replace(
+            inner_launch(ctx, self.layout),
+            qemu=Path(self.host.inner_qemu(ctx.qemu)),
+            ssh_port=PEER_SSH_PORT,
+            qmp_tcp_port=PEER_QMP_PORT,
+            paths=LaunchPaths(
+                Path("/nonexistent"), Path(PEER_DIR / "serial.log"), Path(PEER_DIR / "errors.log")
+            ),
+            serial_backend="file",
+            incoming=True,
+        )
+        argv = render(launch)
+        ctx.logs.cmdline.write_text(shlex.join(argv) + "\n")
+        started = time.monotonic()
+        done = self.host.host_guest.run(
+            inner_start_command(argv, PEER_DIR, PEER_DIR / "qemu.log"), timeout=60, check=True
+        )
+        self._pid = int(done.out.split()[-1])
+        self.qmp = Qmp(("127.0.0.1", self.host.peer_qmp_port), ctx.logs.qmp, ctx.name)
+        self.qmp.connect(INNER_QMP_TIMEOUT, self.check_alive)
+        return started
+
+    def check_alive(self, what: str = "before the guest was ready") -> None:
+        self.host.check_alive(what)
+        if self._pid is None or time.monotonic() - self._last_check < ALIVE_EVERY:
+            return
+        self._last_check = time.monotonic()
+        if self.host.host_guest.run(f"kill -0 {self._pid}", timeout=30).rc != 0:
+            self._pid = None
+            self._copy_log()
+            raise HarnessError(
+                f"QEMU {self.ctx.name} in the KVM host guest exited {what}: "
+                f"{_last_line(self.ctx.logs.qemu)}",
+                self.ctx.logs.qemu,
+            )
+
+    def _copy_log(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: the KVM host may be gone
+            self.host.host_guest.get(str(PEER_DIR / "qemu.log"), self.ctx.logs.qemu)
+
+    def stop(self) -> None:
+        if self.qmp is not None:
+            self.qmp.quit()
+            self.qmp.close()
+            self.qmp = None
+        if self._pid is not None:
+            pid, self._pid = self._pid, None
+            with contextlib.suppress(Exception):
+                self.host.host_guest.run(
+                    f"for i in $(seq 50); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1;"
+                    f" done; kill -9 {pid}",
+                    timeout=30,
+                )
+        self._copy_log()
 
 
 def _last_line(log: Path) -> str:

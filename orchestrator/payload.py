@@ -1,5 +1,7 @@
 """The read-only disk the nested KVM host gets: our QEMU, its libraries, its
 firmware and the test guest's kernel and initrd, as an ext4 image in the cache.
+For a migration between two QEMUs in one KVM host (the stock one and ours), a
+second QEMU goes in beside the first.
 
 Built once per set of inputs (the key hashes every file that goes in), with
 `mke2fs -d`, so nothing is copied over SSH into the TCG guest."""
@@ -33,11 +35,14 @@ FIRMWARE_FILES = (
 )
 PAYLOAD_MOUNT = PurePosixPath("/mnt/hvsd-payload")
 LOADER = "ld-linux-x86-64.so.2"
+# Where each QEMU's binary goes: the first, and a second one's (a migration
+# peer); bin/<wrapper> runs bin/<binary>.
+BINARIES = {"qemu": "qemu-system-x86_64", "qemu-peer": "qemu-peer-system-x86_64"}
 # The wrapper runs QEMU through the copied loader, so that the outer guest's
 # own libraries (if any differ) play no part.
 WRAPPER = f"""#!/bin/sh
 here=$(dirname "$0")/..
-exec "$here/lib/{LOADER}" --library-path "$here/lib" "$here/bin/qemu-system-x86_64" "$@"
+exec "$here/lib/{LOADER}" --library-path "$here/lib" "$here/bin/BINARY" "$@"
 """
 _LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
 
@@ -51,6 +56,11 @@ class PayloadLayout:
     @property
     def qemu(self) -> PurePosixPath:
         return self.mount / "bin" / "qemu"
+
+    @property
+    def peer_qemu(self) -> PurePosixPath:
+        """The second QEMU, where the payload carries one."""
+        return self.mount / "bin" / "qemu-peer"
 
     @property
     def firmware(self) -> PurePosixPath:
@@ -146,14 +156,21 @@ def patched_kvm_modules() -> dict[str, Path]:
 
 
 def payload_inputs(
-    qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path], patched_kvm: bool = False
+    qemu: QemuBuild,
+    image: GuestImage,
+    firmware_dirs: list[Path],
+    patched_kvm: bool = False,
+    peer_qemu: QemuBuild | None = None,
 ) -> PayloadInputs:
-    files = {"bin/qemu-system-x86_64": qemu.binary}
+    files = {f"bin/{BINARIES['qemu']}": qemu.binary}
+    if peer_qemu is not None:
+        files[f"bin/{BINARIES['qemu-peer']}"] = peer_qemu.binary
     if patched_kvm:
         for name, path in patched_kvm_modules().items():
             files[f"kvm/{name}.ko"] = path
-    for lib in shared_libraries(qemu.binary):
-        files[f"lib/{lib.name}"] = lib.resolve()
+    for build in (qemu, peer_qemu):
+        for lib in shared_libraries(build.binary) if build else ():
+            files[f"lib/{lib.name}"] = lib.resolve()
     for name in FIRMWARE_FILES:
         found = next((d / name for d in firmware_dirs if (d / name).is_file()), None)
         if found is not None:
@@ -167,15 +184,17 @@ def _stage(inputs: PayloadInputs, root: Path) -> None:
     for inside, source in inputs.files.items():
         target = root / inside
         target.parent.mkdir(parents=True, exist_ok=True)
-        if inside == "bin/qemu-system-x86_64":
+        if inside.removeprefix("bin/") in BINARIES.values():
             # Debug info would triple the disk; the outer guest needs none.
             subprocess.run(["strip", "-o", str(target), str(source)], check=True, timeout=120)
         else:
             shutil.copyfile(source, target)
         target.chmod(0o755 if inside.startswith(("bin/", "lib/")) else 0o644)
-    wrapper = root / "bin" / "qemu"
-    wrapper.write_text(WRAPPER)
-    wrapper.chmod(0o755)
+    for name, binary in BINARIES.items():
+        if f"bin/{binary}" in inputs.files:
+            wrapper = root / "bin" / name
+            wrapper.write_text(WRAPPER.replace("BINARY", binary))
+            wrapper.chmod(0o755)
 
 
 def _make_ext4(root: Path, disk: Path, log: Path) -> None:
@@ -198,10 +217,14 @@ KEPT_PAYLOADS = 3
 
 
 def ensure_payload(
-    qemu: QemuBuild, image: GuestImage, firmware_dirs: list[Path], patched_kvm: bool = False
+    qemu: QemuBuild,
+    image: GuestImage,
+    firmware_dirs: list[Path],
+    patched_kvm: bool = False,
+    peer_qemu: QemuBuild | None = None,
 ) -> Path:
     """The payload disk for these inputs, built now if the cache lacks it."""
-    inputs = payload_inputs(qemu, image, firmware_dirs, patched_kvm)
+    inputs = payload_inputs(qemu, image, firmware_dirs, patched_kvm, peer_qemu)
     folder = cache_dir() / "nested"
     folder.mkdir(parents=True, exist_ok=True)
     disk = folder / f"payload-{inputs.key()}.ext4"

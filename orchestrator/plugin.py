@@ -86,6 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "long(seconds=N): tens of seconds of waiting; its file runs first, longest first"
     )
+    if not hasattr(config, "workerinput") and "not vm" not in (config.option.markexpr or ""):
+        _stop_without_hyperv_under_tcg()
     config.stash[live_vms_key] = LiveVms()
     config.pluginmanager.register(ContractCoveragePlugin(), "hvsd-contract-coverage")
     if sanitize.enabled():
@@ -96,13 +98,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # fixture teardown (and with it QEMU's shutdown) runs.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    config = session.config
-    if hasattr(config, "workerinput") or "not vm" in (config.option.markexpr or ""):
-        return
-    _stop_without_hyperv_under_tcg()
 
 
 def _stop_without_hyperv_under_tcg() -> None:
@@ -118,11 +113,10 @@ def _stop_without_hyperv_under_tcg() -> None:
     except HarnessError:
         return  # the tests report it, one line each
     series = ",".join(build.series) or "none"
-    pytest.exit(
+    raise pytest.UsageError(
         f"this QEMU ({build.binary}, series: {series}) has no Hyper-V under TCG, "
         f"which the TCG leg tests (series {HYPERV_TCG_SERIES}); "
-        f"its suites run on the KVM legs: make test-kvm KVM_MODULES=patched SERIES={series}",
-        returncode=pytest.ExitCode.USAGE_ERROR,
+        f"its suites run on the KVM legs: make test-kvm KVM_MODULES=patched SERIES={series}"
     )
 
 

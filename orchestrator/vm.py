@@ -14,7 +14,7 @@ from orchestrator.command import VmOptions
 from orchestrator.console import ConsoleWatch
 from orchestrator.errors import HarnessError
 from orchestrator.launcher import DirectLauncher, LaunchContext, Launcher, free_port
-from orchestrator.nested import NestedLauncher
+from orchestrator.nested import NestedLauncher, NestedPeerLauncher
 from orchestrator.profile import VmProfile
 from orchestrator.qmp import Qmp
 from orchestrator.ssh import Guest
@@ -28,6 +28,8 @@ EXIT_GRACE = 1.0
 
 def make_launcher(ctx: LaunchContext) -> Launcher:
     """Tests see one kind of VM: the accelerator picks how its QEMU starts."""
+    if ctx.accel.nested and isinstance(ctx.cohost, NestedLauncher):
+        return NestedPeerLauncher(ctx, ctx.cohost)
     if ctx.accel.nested:
         return NestedLauncher(ctx)
     return DirectLauncher(ctx)
@@ -45,11 +47,18 @@ class Vm:
         incoming: bool = False,
         image: GuestImage | None = None,
         stock_qemu: bool = False,
+        peer_stock_qemu: bool | None = None,
+        cohost: Vm | None = None,
     ) -> None:
         """`incoming`: a migration destination, whose QEMU starts waiting for
         migrate-incoming; its guest answers SSH after `reconnect()`. `image`:
         another kernel of the image to boot (default: the test guest's).
-        `stock_qemu`: the base QEMU without the series (`make qemu-stock`)."""
+        `stock_qemu`: the base QEMU without the series (`make qemu-stock`).
+        Under nested KVM, where a migration stays inside one KVM host:
+        `peer_stock_qemu` names the QEMU a destination started later will run
+        (the stock one, or ours), which the KVM host then carries; `cohost`
+        is the running source whose KVM host this destination runs in (it
+        must be stopped before the source)."""
         # MACHINE= and CPU_MODEL= of make test: the defaults replaced here,
         # once, so that a test reads the options its guest really has.
         self.options = VmProfile.from_environment().apply(options or VmOptions())
@@ -62,6 +71,8 @@ class Vm:
         self.image: GuestImage | None = None
         self._image = image
         self._stock_qemu = stock_qemu
+        self._peer_stock_qemu = peer_stock_qemu
+        self._cohost = cohost
         self.ssh_port = 0
         self.boot_seconds = 0.0
         self._runtime: Path | None = None
@@ -129,6 +140,12 @@ class Vm:
                     runtime=self._runtime,
                     console=self._console,
                     incoming=self.incoming,
+                    peer_qemu=(
+                        None
+                        if self._peer_stock_qemu is None
+                        else find_qemu(stock=self._peer_stock_qemu)
+                    ),
+                    cohost=self._cohost._launcher if self._cohost is not None else None,
                 )
             )
             started = self._launcher.start()
@@ -182,6 +199,17 @@ class Vm:
         if guest_command is None:
             self.qmp.reset()
         self.guest.wait_ready(self.boot_timeout, self._check_alive, self._console.sshd_listening)
+
+    def wait_exited(self, timeout: float) -> bool:
+        """Whether QEMU ends within `timeout` (its log is then complete here)."""
+        deadline = time.monotonic() + timeout
+        while self._launcher is not None and time.monotonic() < deadline:
+            try:
+                self._launcher.check_alive("after the migration")
+            except HarnessError:
+                return True
+            time.sleep(0.5)
+        return False
 
     def reconnect(self, timeout: float = 60.0) -> None:
         """A new SSH connection to the guest, once the old one cannot be

@@ -2,7 +2,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.artifacts import GuestImage
-from orchestrator.command import Launch, LaunchPaths, VmOptions, render
+from orchestrator.command import STIMER_CPU, Launch, LaunchPaths, VmOptions, guest_cpu, render
 
 IMAGE = GuestImage(
     key="k",
@@ -73,3 +73,12 @@ def test_guest_errors_go_to_their_log_when_asked() -> None:
     argv = render(replace(launch(VmOptions()), paths=paths))
     assert arg_after(argv, "-d") == ["guest_errors"]
     assert arg_after(argv, "-D") == ["/l/guest-errors.log"]
+
+
+def test_under_kvm_the_tcg_opt_in_is_left_out_and_kvm_hidden() -> None:
+    # A QEMU without the hyperv-tcg series has no x-hv-tcg property at all
+    assert guest_cpu(STIMER_CPU, "kvm") == (
+        "max,hv-relaxed,hv-vpindex,hv-synic,hv-time,hv-stimer,hv-stimer-direct,kvm=off"
+    )
+    assert guest_cpu(STIMER_CPU, "tcg") == STIMER_CPU
+    assert guest_cpu("max", "kvm") == "max"

@@ -3,6 +3,7 @@ choice, without booting anything."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from orchestrator.nested import (
     INNER_LOG,
     KvmHostLauncher,
     NestedLauncher,
+    NestedPeerLauncher,
     host_options,
     inner_launch,
     inner_start_command,
@@ -58,7 +60,9 @@ def test_host_kvm_runs_the_tcg_command_line_with_accel_kvm(tmp_path: Path) -> No
     tcg = render(DirectLauncher(context("tcg", tmp_path)).launch(40022))
     kvm = render(DirectLauncher(context("kvm", tmp_path)).launch(40022))
     assert arg_after(kvm, "-accel") == ["kvm"]
-    assert arg_after(kvm, "-cpu") == [arg_after(tcg, "-cpu")[0] + ",kvm=off"]
+    assert arg_after(kvm, "-cpu") == [
+        arg_after(tcg, "-cpu")[0].replace(",x-hv-tcg=on", "") + ",kvm=off"
+    ]
     assert [{"tcg": "kvm"}.get(a, a) for a in tcg if "hv-" not in a] == [
         a for a in kvm if "hv-" not in a
     ]
@@ -74,7 +78,9 @@ def test_inner_qemu_gets_the_tcg_command_line_with_accel_kvm_and_translated_path
 
     assert inner[0] == "/mnt/hvsd-payload/bin/qemu"
     assert arg_after(inner, "-accel") == ["kvm"]
-    assert arg_after(inner, "-cpu") == [arg_after(tcg, "-cpu")[0] + ",kvm=off"]
+    assert arg_after(inner, "-cpu") == [
+        arg_after(tcg, "-cpu")[0].replace(",x-hv-tcg=on", "") + ",kvm=off"
+    ]
     assert arg_after(inner, "-device") == arg_after(tcg, "-device")
     assert arg_after(inner, "-append") == arg_after(tcg, "-append")
     assert arg_after(inner, "-L") == ["/mnt/hvsd-payload/firmware"]
@@ -217,3 +223,45 @@ def test_patched_leg_stops_in_one_line_when_the_kernel_does_not_forward(
     assert "\n" not in said
     assert "KVM_CAP_HYPERV_SIGNAL_EVENT_DIRECT=250) answered 0" in said
     assert "kvm_amd" in said and "taint=O" in said
+
+
+def test_a_migration_destination_runs_beside_its_source_in_the_kvm_host(tmp_path: Path) -> None:
+    stock = QemuBuild(Path("/stock/qemu-system-x86_64"), "base", "none", 0, "10.2")
+    source_ctx = replace(context("nested-kvm", tmp_path), peer_qemu=stock)
+    source = NestedLauncher(source_ctx)
+    source.peer_ssh_port = 40023
+    destination_ctx = replace(
+        context("nested-kvm", tmp_path), qemu=stock, incoming=True, cohost=source
+    )
+    destination = make_launcher(destination_ctx)
+    assert isinstance(destination, NestedPeerLauncher)
+    assert destination.ssh_port == 40023
+    assert source.inner_qemu(stock) == PayloadLayout().peer_qemu
+    assert source.inner_qemu(source_ctx.qemu) == PayloadLayout().qemu
+    other = QemuBuild(Path("/other/qemu-system-x86_64"), "base", "x", 1, "10.2")
+    with pytest.raises(HarnessError, match="carries no /other/qemu-system-x86_64"):
+        source.inner_qemu(other)
+
+
+def test_a_second_qemu_in_the_kvm_host_is_only_a_migration_destination(tmp_path: Path) -> None:
+    source = NestedLauncher(context("nested-kvm", tmp_path))
+    with pytest.raises(HarnessError, match="only a migration destination"):
+        make_launcher(replace(context("nested-kvm", tmp_path), cohost=source))
+
+
+def test_the_payload_carries_the_peer_qemu_with_a_wrapper_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, stock = tmp_path / "ours", tmp_path / "stock"
+    for path in (ours, stock, tmp_path / "vmlinuz", tmp_path / "initrd"):
+        path.write_bytes(path.name.encode())
+    monkeypatch.setattr(payload, "shared_libraries", lambda binary: [])
+    image = replace(IMAGE, kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd")
+    inputs = payload.payload_inputs(
+        QemuBuild(ours, "b", "h", 1, "v"), image, [], peer_qemu=QemuBuild(stock, "b", "", 0, "v")
+    )
+    assert inputs.files["bin/qemu-system-x86_64"] == ours
+    assert inputs.files["bin/qemu-peer-system-x86_64"] == stock
+    without = payload.payload_inputs(QemuBuild(ours, "b", "h", 1, "v"), image, [])
+    assert "bin/qemu-peer-system-x86_64" not in without.files
+    assert inputs.key() != without.key()

@@ -86,7 +86,7 @@ def test_a_tcg_run_without_hyperv_under_tcg_stops_with_one_line(
     )
     monkeypatch.setenv("HVSD_SERIES", "fixes,signal-event-direct")
     monkeypatch.setenv("ACCEL", "tcg")
-    with pytest.raises(pytest.exit.Exception) as stopped:
+    with pytest.raises(pytest.UsageError) as stopped:
         plugin._stop_without_hyperv_under_tcg()
     message = str(stopped.value)
     assert "\n" not in message
