@@ -247,3 +247,39 @@ def test_timers_and_reference_clock_go_on_after_the_move(
         )
         assert abs(ref_minus_uptime(moved) - clock_before) < 0.5
         assert not probe.wrmsr(stimer_config_msr(1), 0, cpu=TARGET).gp
+
+
+# --- the other enlightenments across the move --------------------------------
+
+ENLIGHTENED_CPU = STIMER_CPU + ",hv-vapic,hv-runtime,hv-reset,hv-frequencies"
+ASSIST_PAGE = 0x1F00_0000 | 1  # a guest page, enabled; TCG only keeps the MSR
+GUEST_TPR = 0x10  # blocks nothing Linux uses: its vectors start at 0x20
+
+
+def busy(vm: Vm, cpu: int) -> None:
+    """CPU time for the VP's runtime to count."""
+    vm.guest.run(f"taskset -c {cpu} sh -c 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done'")
+
+
+@pytest.mark.vm_options(cpu=ENLIGHTENED_CPU)
+@pytest.mark.parametrize("way", TIMER_WAYS)
+def test_assist_page_apic_msrs_runtime_and_reset_after_the_move(
+    fresh_vm: Vm, tmp_path: Path, way: str
+) -> None:
+    probe = Probe(fresh_vm.guest)
+    assert not probe.wrmsr(Msr.APIC_ASSIST_PAGE, ASSIST_PAGE, cpu=TARGET).gp
+    assert not probe.wrmsr(Msr.TPR, GUEST_TPR, cpu=TARGET).gp
+    busy(fresh_vm, TARGET)
+    runtime = probe.rdmsr(Msr.VP_RUNTIME, cpu=TARGET).value
+    assert runtime > 0
+    with TIMER_WAYS[way](fresh_vm, tmp_path) as moved:
+        probe = Probe(moved.guest)
+        assert probe.rdmsr(Msr.APIC_ASSIST_PAGE, cpu=TARGET).value == ASSIST_PAGE
+        assert probe.rdmsr(Msr.TPR, cpu=TARGET).value == GUEST_TPR
+        # The VP's runtime goes on from where it was, in a new QEMU too
+        after = probe.rdmsr(Msr.VP_RUNTIME, cpu=TARGET).value
+        assert after >= runtime
+        busy(moved, TARGET)
+        assert probe.rdmsr(Msr.VP_RUNTIME, cpu=TARGET).value > after
+        assert not probe.rdmsr(Msr.RESET, cpu=TARGET).gp
+        assert not probe.wrmsr(Msr.TPR, 0, cpu=TARGET).gp
