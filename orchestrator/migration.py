@@ -3,6 +3,7 @@ Machine layer: nothing here knows what the guest runs."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from orchestrator.vm import Vm
 MIGRATION_TIMEOUT = 120.0
 # How long a destination that refused the stream is given to exit
 REFUSAL_GRACE = 15.0
+# A line QEMU writes about itself: "<its program name>: ..."
+QEMU_SAYS = re.compile(r"^qemu[\w-]*: ")
 
 
 def _migration_status(vm: Vm) -> dict[str, Any]:
@@ -78,7 +81,7 @@ def _refusal(destination: Vm) -> str:
         lines = destination.logs.qemu.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    said = [line.strip() for line in lines if "qemu-system-x86_64:" in line]
+    said = [line.strip() for line in lines if QEMU_SAYS.match(line) and "warning:" not in line]
     return " / ".join(said[-2:]) or "(nothing)"
 
 

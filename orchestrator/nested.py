@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from orchestrator.accel import Accel, kvm_kind
@@ -356,6 +357,7 @@ class NestedLauncher:
                 f"QEMU in the KVM host guest exited {what}: {last}",
                 self.ctx.logs.qemu,
             )
+        _check_not_stuck(self.qmp, what, self._copy_inner_log, self.ctx.logs.qemu)
 
     def _copy_inner_log(self) -> None:
         """The inner QEMU's logs and the KVM host's dmesg, out to the log dir."""
@@ -477,6 +479,20 @@ class NestedPeerLauncher:
                     timeout=30,
                 )
         self._copy_log()
+
+
+def _check_not_stuck(qmp: Qmp | None, what: str, copy_log: Callable[[], None], log: Path) -> None:
+    """A guest KVM could not run on stops there, QEMU alive: say so now,
+    rather than when the boot times out."""
+    if qmp is None or not qmp.connected:
+        return
+    try:
+        if qmp.status() != "internal-error":
+            return
+    except HarnessError:
+        return  # the process check says why
+    copy_log()
+    raise HarnessError(f"KVM stopped the guest {what} (internal error): see QEMU's log", log)
 
 
 def _last_line(log: Path) -> str:

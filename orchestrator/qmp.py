@@ -43,6 +43,10 @@ class Qmp:
         self._client.register_listener(self._events)
         self._connected = False
 
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
     def _sync(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
 

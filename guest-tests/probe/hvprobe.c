@@ -37,6 +37,7 @@
 #include <linux/smp.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 #include <linux/workqueue.h>
 #include <asm/apic.h>
 #include <asm/asm.h>
@@ -46,8 +47,35 @@
 #include <asm/mshyperv.h>
 #include <asm/nospec-branch.h>
 #include <asm/processor.h>
+#if __has_include(<asm/cpuid/api.h>)
+#include <asm/cpuid/api.h>	/* cpuid_count() from 6.15 on */
+#endif
 
 #include "hvprobe_abi.h"
+
+/* The 64-bit MSR accessors took a q for quadword in 6.16 */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 16, 0)
+#define hvprobe_rdmsr_safe(msr, p)	rdmsrq_safe(msr, p)
+#define hvprobe_wrmsr_safe(msr, val)	wrmsrq_safe(msr, val)
+#else
+#define hvprobe_rdmsr_safe(msr, p)	rdmsrl_safe(msr, p)
+#define hvprobe_wrmsr_safe(msr, val)	wrmsrl_safe(msr, val)
+#endif
+
+/*
+ * fn(arg) on @cpu, or -ENODEV if it is offline: what work_on_cpu_safe() did
+ * before the kernels that dropped it.
+ */
+static long hvprobe_work_on_cpu(int cpu, long (*fn)(void *), void *arg)
+{
+	long ret = -ENODEV;
+
+	cpus_read_lock();
+	if (cpu_online(cpu))
+		ret = work_on_cpu(cpu, fn, arg);
+	cpus_read_unlock();
+	return ret;
+}
 
 #define HVPROBE_MSR_SCONTROL	0x40000080
 #define HVPROBE_MSR_SIEFP	0x40000082
@@ -165,7 +193,7 @@ static void hvprobe_batch_run(void *arg)
 	unsigned int i;
 
 	for (i = 0; i < batch->count; i++)
-		if (wrmsrl_safe(batch->writes[i].msr, batch->writes[i].value))
+		if (hvprobe_wrmsr_safe(batch->writes[i].msr, batch->writes[i].value))
 			batch->faults |= batch->writes[i].fault_bit;
 }
 
@@ -188,7 +216,7 @@ static void hvprobe_rdmsr_fn(void *arg)
 	struct hvprobe_msr *m = arg;
 	u64 value;
 
-	m->gp = rdmsrl_safe(m->msr, &value) ? 1 : 0;
+	m->gp = hvprobe_rdmsr_safe(m->msr, &value) ? 1 : 0;
 	m->value = m->gp ? 0 : value;
 }
 
@@ -196,7 +224,7 @@ static void hvprobe_wrmsr_fn(void *arg)
 {
 	struct hvprobe_msr *m = arg;
 
-	m->gp = wrmsrl_safe(m->msr, m->value) ? 1 : 0;
+	m->gp = hvprobe_wrmsr_safe(m->msr, m->value) ? 1 : 0;
 }
 
 static int hvprobe_msr(struct hvprobe_msr *m, bool write)
@@ -366,7 +394,7 @@ static void hvprobe_sint_fn(void *arg)
 {
 	struct hvprobe_sint *s = arg;
 
-	s->gp = wrmsrl_safe(HVPROBE_MSR_SINT0 + s->sint, s->value) ? 1 : 0;
+	s->gp = hvprobe_wrmsr_safe(HVPROBE_MSR_SINT0 + s->sint, s->value) ? 1 : 0;
 }
 
 static int hvprobe_sint(struct hvprobe_sint *s)
@@ -444,7 +472,7 @@ static int hvprobe_irqs(struct hvprobe_irqs *q)
 	migrate_disable();
 	if (!(q->flags & HVPROBE_IRQS_NO_FENCE) && q->cpu != smp_processor_id() &&
 	    cpu_online(q->cpu))
-		work_on_cpu_safe(q->cpu, hvprobe_fence_fn, NULL);
+		hvprobe_work_on_cpu(q->cpu, hvprobe_fence_fn, NULL);
 	migrate_enable();
 	for (v = 0; v < HVPROBE_VECTORS; v++) {
 		q->counts[v] = READ_ONCE(per_cpu(hvprobe_irq_counts, q->cpu)[v]);
@@ -722,7 +750,7 @@ static int hvprobe_hypercall(struct hvprobe_hypercall *hc)
 		migrate_enable();
 	} else {
 		migrate_enable();
-		err = work_on_cpu_safe(hc->cpu, hvprobe_hypercall_fn, &job);
+		err = hvprobe_work_on_cpu(hc->cpu, hvprobe_hypercall_fn, &job);
 	}
 	if (!err) {
 		hc->rax = job.trap < 0 ? job.regs.rax : 0;
