@@ -627,7 +627,12 @@ FIRMWARE_DIRS=(/usr/share/seabios /usr/share/qemu /usr/lib/ipxe/qemu)
 
 run_qtest() {
     local build=$1 binary=$2 test=$3 datadir dir blob
-    datadir=$(dirname "$(find "$build/qemu-bundle" -name trace-events-all -print -quit)")
+    datadir=$(find "$build/qemu-bundle" -name trace-events-all -print -quit 2>/dev/null)
+    if [ -z "$datadir" ]; then
+        echo "no data directory (qemu-bundle/.../trace-events-all) in $build"
+        return 1
+    fi
+    datadir=$(dirname "$datadir")
     for dir in "${FIRMWARE_DIRS[@]}"; do
         for blob in "$dir"/*; do
             [ -e "$datadir/$(basename "$blob")" ] || ln -s "$blob" "$datadir/"
