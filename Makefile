@@ -36,6 +36,13 @@ ifneq ($(CPU_MODEL),)
 export HVSD_CPU_MODEL := $(CPU_MODEL)
 endif
 
+# GUEST_KERNEL=6.1|7.2: the test guest's kernel, the image's own (6.1, the
+# default) or its KVM host's (7.2, whose probe module make kvm-modules builds).
+ifneq ($(GUEST_KERNEL),)
+export HVSD_GUEST_KERNEL := $(GUEST_KERNEL)
+GUEST_KERNEL_DEPS := $(if $(filter 6.1,$(GUEST_KERNEL)),,kvm-modules)
+endif
+
 # SERIES=fixes,signal-event-direct: build and test a prefix of the QEMU stack
 # (qemu-patches/SERIES) instead of all of it; its build and manifest are its
 # own (qemu-series-<last>.json), read by the harness through HVSD_SERIES.
@@ -123,14 +130,14 @@ kvm-modules-smoke: kvm-modules venv
 JOBS ?= $(shell echo $$(( $$(nproc) + 1 )))
 # qemu-stock: guest-tests/test_migration_versions.py moves guests between it
 # and ours.
-test: qemu qemu-stock image
+test: qemu qemu-stock image $(GUEST_KERNEL_DEPS)
 	@$(PY) -m pytest $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS) --dist loadfile) $(SANITIZE_LOGS) $(PYTEST_ARGS)
 
 # The KVM leg: ACCEL=kvm where the host's KVM is usable, else ACCEL=nested-kvm
 # (the test guest under KVM inside a TCG guest). Runs the `kvm_leg` selection:
 # every test on the session Hyper-V guest (see README, "The KVM leg").
 KVM_LEG_SELECT ?= kvm_leg
-test-kvm: qemu qemu-stock image $(if $(filter patched,$(KVM_MODULES)),kvm-modules)
+test-kvm: qemu qemu-stock image $(if $(filter patched,$(KVM_MODULES)),kvm-modules) $(GUEST_KERNEL_DEPS)
 	@accel=$${ACCEL:-$$($(PY) -m orchestrator kvm-leg)} || exit 1; \
 	ACCEL=$$accel $(PY) -m pytest -m "$(KVM_LEG_SELECT)" --hvsd-logs=test-logs/kvm $(PYTEST_ARGS)
 

@@ -218,6 +218,7 @@ def boot_id(vm: Vm) -> str:
 
 def test_the_reset_msr_resets_the_vm(fresh_vm: Vm, probe: Probe) -> None:
     first_boot = boot_id(fresh_vm)
+    probe.info()  # the module loaded before the write in the background needs it
     fresh_vm.reboot(guest_command=f"{probe.binary} wrmsr --cpu 0 {Msr.RESET:#x} 1")
     assert fresh_vm.qmp.status() == "running"
     assert boot_id(fresh_vm) != first_boot

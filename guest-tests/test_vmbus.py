@@ -44,7 +44,7 @@ def mem_total_kib(vm: Vm) -> int:
 @pytest.mark.long(seconds=50)
 @pytest.mark.hyperv
 @pytest.mark.vm_options(memory_mb=MEMORY_MB, extra_args=HYPERV_TESTDEV + VMBUS_DEVICES)
-def test_hv_balloon_binds_and_follows_a_qmp_balloon_request(fresh_vm: Vm) -> None:
+def test_hv_balloon_binds_and_follows_a_qmp_inflate_and_deflate(fresh_vm: Vm) -> None:
     guest = fresh_vm.guest
     guest.run("busybox modprobe hv_vmbus && busybox modprobe hv_balloon", check=True)
     eventually(
@@ -72,4 +72,11 @@ def test_hv_balloon_binds_and_follows_a_qmp_balloon_request(fresh_vm: Vm) -> Non
         lambda: fresh_vm.qmp.execute("query-balloon")["actual"] <= (BALLOON_TARGET_MB + 64) << 20,
         "query-balloon reports the guest's new size",
         timeout=60.0,
+    )
+    # Deflated again, the guest has its memory back
+    fresh_vm.qmp.execute("balloon", {"value": MEMORY_MB << 20})
+    eventually(
+        lambda: mem_total_kib(fresh_vm) >= before - wanted // 8,
+        "MemTotal back up after the balloon is let out",
+        timeout=120.0,
     )

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import sanitize
@@ -179,7 +179,53 @@ def find_image() -> GuestImage:
     ):
         if not path.is_file():
             raise HarnessError(f"guest image file {path} is missing: run 'make image'")
-    return image
+    return _with_guest_kernel(image, os.environ.get("HVSD_GUEST_KERNEL", ""))
+
+
+def _with_guest_kernel(image: GuestImage, wanted: str) -> GuestImage:
+    """The test guest on the kernel $HVSD_GUEST_KERNEL (make test GUEST_KERNEL=):
+    the image's own (6.1, the default) or its KVM host's (7.2), named by the
+    start of its release. Both boot the one root disk, which holds the
+    modules of both; the probe's module for the second comes from
+    `make kvm-modules`, built with that kernel's compiler."""
+    kernels = {
+        image.kernel_release: image,
+        image.host_kernel_release: replace(
+            image,
+            kernel=image.host_kernel,
+            initrd=image.host_initrd,
+            kernel_release=image.host_kernel_release,
+            headers=image.host_headers,
+        ),
+    }
+    if not wanted:
+        return image
+    chosen = [release for release in kernels if _names_release(wanted, release)]
+    if len(chosen) != 1:
+        raise HarnessError(
+            f"GUEST_KERNEL={wanted} names none of the image's kernels: "
+            + ", ".join(
+                f"{release.split('.')[0]}.{release.split('.')[1]} ({release})"
+                for release in kernels
+            )
+        )
+    return kernels[chosen[0]]
+
+
+def _names_release(wanted: str, release: str) -> bool:
+    return release == wanted or release.startswith(wanted + ".") or release.startswith(wanted + "-")
+
+
+def prebuilt_probe(kernel_release: str) -> Path | None:
+    """The probe module `make kvm-modules` built for this kernel, if it did."""
+    try:
+        data = json.loads((cache_dir() / "kvm-modules.json").read_text())
+    except (OSError, ValueError):
+        return None
+    module = Path(str(data.get("probe", "")))
+    if data.get("kernel_release") != kernel_release or not module.is_file():
+        return None
+    return module
 
 
 def firmware_dirs() -> list[Path]:

@@ -130,7 +130,9 @@ def pytest_report_header(config: pytest.Config) -> str:
         profile = VmProfile.from_environment().describe()
     except HarnessError as exc:
         profile = str(exc.cause)
-    return f"accelerator: {chosen}{kvm}; guests: {profile}"
+    kernel = os.environ.get("HVSD_GUEST_KERNEL")
+    kernel_note = f", GUEST_KERNEL={kernel}" if kernel else ""
+    return f"accelerator: {chosen}{kvm}; guests: {profile}{kernel_note}"
 
 
 # Fixtures that boot a VM other than the session Hyper-V guest.

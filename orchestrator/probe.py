@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast
 
+from orchestrator.artifacts import prebuilt_probe
 from orchestrator.errors import HarnessError
 from orchestrator.ssh import CommandResult
 from orchestrator.synic_pages import SLOT_BYTES, check_size
 
 HVPROBE = "/usr/local/bin/hvprobe"
 LOAD_MODULE = "busybox modprobe hvprobe"
+PREBUILT_MODULE = "/tmp/hvprobe.ko"
 EXIT_NO_MODULE = 3
 
 UD_VECTOR = 6
@@ -36,6 +38,8 @@ class GuestShell(Protocol):
     commands_log: Path
 
     def run(self, command: str, timeout: float = ..., check: bool = ...) -> CommandResult: ...
+
+    def put(self, local: Path, remote: str) -> None: ...
 
 
 class LineServer(Protocol):
@@ -442,8 +446,15 @@ class Probe:
             ) from None
 
     def load(self) -> None:
-        """Loads the module (the image's rc does at boot; this is for after an rmmod)."""
+        """Loads the module: the image's rc does at boot for the kernel the
+        image built it for; this is for after an rmmod, and for a kernel whose
+        module `make kvm-modules` built (copied in, then insmod)."""
         result = self.guest.run(LOAD_MODULE, timeout=self.timeout)
+        if result.rc != 0:
+            release = self.guest.run("busybox uname -r", timeout=self.timeout).out.strip()
+            if (module := prebuilt_probe(release)) is not None:
+                self.guest.put(module, PREBUILT_MODULE)
+                result = self.guest.run(f"busybox insmod {PREBUILT_MODULE}", timeout=self.timeout)
         if result.rc != 0:
             raise HarnessError(
                 f"cannot load the hvprobe module: {result.err.strip() or result.out.strip()}",

@@ -21,6 +21,9 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 PATCH_DIR=$PROJECT_ROOT/kvm-patches
+# The in-guest probe's module, built here for this kernel too: a test guest
+# may boot it (make test GUEST_KERNEL=7.2), and it needs this compiler.
+PROBE_DIR=$PROJECT_ROOT/guest-tests/probe
 SCRIPT=$PROJECT_ROOT/scripts/build-kvm-modules.sh
 MODULES="kvm kvm-intel kvm-amd"
 # KVM's Hyper-V selftests, the one the series extends among them, built from
@@ -98,6 +101,8 @@ LOG=$HVSD_CACHE/logs/kvm-build.log
 [ -f "$PATCH_DIR/series" ] || die "kvm-patches/series is missing"
 key=$( {
     echo "$KERNEL_RELEASE $KERNEL_VERSION $SOURCE_PACKAGE"
+    find "$PROBE_DIR" -maxdepth 1 -type f \( -name '*.[ch]' -o -name Kbuild -o -name Makefile \) \
+        -print0 | sort -z | xargs -0 sha256sum | sed "s|$PROJECT_ROOT/||"
     sha256sum "$SCRIPT" "$PROJECT_ROOT/scripts/lib.sh" "$PROJECT_ROOT/scripts/fetch-deb.sh" \
         "$PATCH_DIR/series" "$PATCH_DIR/BASE" \
         | sed "s|$PROJECT_ROOT/||"
@@ -134,7 +139,8 @@ $(for test in $SELFTESTS; do
     if [ "$test" = "${SELFTESTS##* }" ]; then echo; else echo ,; fi
   done)
   },
-  "checkpatch": "$OUT/checkpatch.txt"
+  "checkpatch": "$OUT/checkpatch.txt",
+  "probe": "$OUT/hvprobe.ko"
 }
 JSON
     cp "$HVSD_CACHE/kvm-modules.json" "$OUT/kvm-modules.json"
@@ -264,6 +270,13 @@ build_modules() {
     kbuild make -C "$HEADERS" M="$stage/arch/x86/kvm" -j"$(nproc)" modules
 }
 
+build_probe() {
+    local stage=$1
+    mkdir -p "$stage"
+    cp "$PROBE_DIR"/*.[ch] "$PROBE_DIR/Kbuild" "$stage/"
+    kbuild make -C "$HEADERS" M="$stage" -j"$(nproc)" modules
+}
+
 # The kernel's own checkpatch.pl --strict on every patch of the series, from
 # the tree it applies to: 0 errors, 0 warnings, 0 checks.
 checkpatch_series() {
@@ -343,12 +356,14 @@ fi
 kstep "kvm-modules: stage arch/x86/kvm, virt/kvm and the patched headers" stage_build "$STAGE/build"
 kstep "kvm-modules: build $(echo "$MODULES" | sed 's/ /, /g') against $HEADERS" build_modules "$STAGE/build"
 kstep "kvm-modules: check vermagic against $KERNEL_RELEASE" check_modules "$STAGE/build"
+kstep "kvm-modules: build the probe module (hvprobe.ko) for $KERNEL_RELEASE" build_probe "$STAGE/probe"
 kstep "kvm-modules: build the Hyper-V selftests ($(echo $SELFTESTS | wc -w)) from the patched tree" build_selftests
 
 mkdir -p "$OUT"
 for module in $MODULES; do
     install -m 644 "$STAGE/build/arch/x86/kvm/$module.ko" "$OUT/$module.ko"
 done
+install -m 644 "$STAGE/probe/hvprobe.ko" "$OUT/hvprobe.ko"
 cp "$STAGE/build/vermagic" "$OUT/vermagic"
 cp "$STAGE/checkpatch.txt" "$OUT/checkpatch.txt"
 for test in $SELFTESTS; do

@@ -66,6 +66,40 @@
  * fn(arg) on @cpu, or -ENODEV if it is offline: what work_on_cpu_safe() did
  * before the kernels that dropped it.
  */
+static long hvprobe_work_on_cpu(int cpu, long (*fn)(void *), void *arg);
+
+/*
+ * The kernel's hypercall page.  From 6.17 on the kernel reaches it through
+ * a static call and no longer exports its pointer: the module then makes
+ * page-mode calls through that static call, which puts the control word and
+ * the two parameters in RCX, RDX and R8 as the page wants, once the
+ * hypercall MSR says the kernel enabled the page.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
+#define HVPROBE_MSR_HYPERCALL	0x40000001
+#define HVPROBE_PAGE_STATIC_CALL	((void *)1)
+
+static void *hvprobe_hypercall_page(void)
+{
+	u64 msr;
+
+	if (hvprobe_rdmsr_safe(HVPROBE_MSR_HYPERCALL, &msr) || !(msr & 1))
+		return NULL;
+	return HVPROBE_PAGE_STATIC_CALL;
+}
+#else
+static void *hvprobe_hypercall_page(void)
+{
+	return READ_ONCE(hv_hypercall_pg);
+}
+#endif
+
+/* apic_read() became a static call, which modules cannot reach */
+static u32 hvprobe_apic_read(u32 reg)
+{
+	return x2apic_enabled() ? native_apic_msr_read(reg) : native_apic_mem_read(reg);
+}
+
 static long hvprobe_work_on_cpu(int cpu, long (*fn)(void *), void *arg)
 {
 	long ret = -ENODEV;
@@ -106,7 +140,7 @@ static u32 hvprobe_probes_registered;
  */
 static bool hvprobe_vector_in_service(u8 vector)
 {
-	return apic_read(APIC_ISR + (vector / 32) * 0x10) & BIT(vector % 32);
+	return hvprobe_apic_read(APIC_ISR + (vector / 32) * 0x10) & BIT(vector % 32);
 }
 
 static int hvprobe_count_vector(struct kprobe *p, struct pt_regs *regs)
@@ -568,6 +602,13 @@ static int hvprobe_vmmcall(struct hvprobe_regs *r)
 }
 
 /* The hypercall page is a function: it may clobber what the C ABI allows. */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
+static int hvprobe_page_call(struct hvprobe_regs *r, void *page)
+{
+	r->rax = static_call_mod(hv_hypercall)(r->rcx, r->rdx, r->r8);
+	return -1;
+}
+#else
 static int hvprobe_page_call(struct hvprobe_regs *r, void *page)
 {
 	register u64 r8 asm("r8") = r->r8;
@@ -580,6 +621,7 @@ static int hvprobe_page_call(struct hvprobe_regs *r, void *page)
 	r->rax = rax;
 	return -1;
 }
+#endif
 
 static void hvprobe_load_xmm(u8 (*xmm)[HVPROBE_XMM_BYTES])
 {
@@ -732,7 +774,7 @@ static int hvprobe_hypercall(struct hvprobe_hypercall *hc)
 	if (err)
 		return err;
 	if (hc->insn == HVPROBE_INSN_PAGE) {
-		job.page = READ_ONCE(hv_hypercall_pg);
+		job.page = hvprobe_hypercall_page();
 		if (!job.page)
 			return -ENODEV;
 	}
@@ -967,7 +1009,7 @@ static int hvprobe_race(struct hvprobe_race *r)
 	err = hvprobe_race_check(r, run);
 	if (err)
 		goto out_free;
-	run->page = READ_ONCE(hv_hypercall_pg);
+	run->page = hvprobe_hypercall_page();
 	if (r->insn == HVPROBE_INSN_PAGE && !run->page) {
 		err = -ENODEV;
 		goto out_free;
@@ -1026,7 +1068,7 @@ static void hvprobe_info(struct hvprobe_info *info)
 	memset(info, 0, sizeof(*info));
 	info->abi_version = HVPROBE_ABI_VERSION;
 	info->nr_cpu_ids = nr_cpu_ids;
-	info->hypercall_page = READ_ONCE(hv_hypercall_pg) ? 1 : 0;
+	info->hypercall_page = hvprobe_hypercall_page() ? 1 : 0;
 	info->x2apic = x2apic_mode ? 1 : 0;
 	info->irq_probes = hvprobe_probes_registered;
 	for_each_online_cpu(cpu)
