@@ -13,6 +13,8 @@ from orchestrator.launcher import free_port
 from orchestrator.vm import Vm
 
 MIGRATION_TIMEOUT = 120.0
+# The destination tells the source whether it loaded the stream
+RETURN_PATH = {"capability": "return-path", "state": True}
 # How long a destination that refused the stream is given to exit
 REFUSAL_GRACE = 15.0
 # A line QEMU writes about itself: "<its program name>: ..."
@@ -57,21 +59,24 @@ def wait_running(destination: Vm, timeout: float = MIGRATION_TIMEOUT) -> None:
 
 def migrate_live(source: Vm, destination: Vm) -> None:
     """Live migration over TCP on the host both QEMUs run on (this one, or one
-    KVM host guest); `destination` was started incoming. A stream the
-    destination refuses fails with the destination's own message, in one line
-    naming both QEMUs' logs; the source runs on."""
+    KVM host guest); `destination` was started incoming. With the return
+    path, the source learns whether the destination loaded the stream: a
+    refused one fails the migration and the source runs on. The failure is
+    one line with the destination's own message, naming both QEMUs' logs."""
     uri = f"tcp:127.0.0.1:{free_port()}"
+    for vm in (source, destination):
+        vm.qmp.execute("migrate-set-capabilities", {"capabilities": [RETURN_PATH]})
     destination.qmp.execute("migrate-incoming", {"uri": uri})
     source.qmp.execute("migrate", {"uri": uri})
     try:
         wait_migrated(source)
+        wait_running(destination)
     except HarnessError as exc:
         refused = _refusal(destination)
         raise HarnessError(
             f"{exc.cause}; {destination.name} said: {refused} (its log: {destination.logs.qemu})",
             source.logs.qmp,
         ) from None
-    wait_running(destination)
 
 
 def _refusal(destination: Vm) -> str:
