@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from orchestrator.accel import Accel, kvm_kind
@@ -199,6 +198,7 @@ class NestedLauncher:
         self._host_guest: Guest | None = None
         self._inner_pid: int | None = None
         self._last_check = 0.0
+        self._boot_resets_left = 1
         # This host's ports that reach a migration peer's SSH and QMP
         self.peer_ssh_port = 0
         self.peer_qmp_port = 0
@@ -332,6 +332,25 @@ class NestedLauncher:
             "start the source VM with that QEMU as its peer"
         )
 
+    def _restart_or_report(self, what: str) -> None:
+        """KVM under TCG's emulated SVM now and then fails to deliver an event
+        to a guest that is booting (seen once in a loaded run: "KVM internal
+        error. Suberror: 3", an MMIO exit during event delivery). Before the
+        guest is ready it has run nothing of a test's: it is reset and started
+        once more. Any other time, or twice, it is an error, said at once
+        rather than at the end of the boot timeout."""
+        if what == "before the guest was ready" and self._boot_resets_left and self.qmp:
+            self._boot_resets_left -= 1
+            self._copy_inner_log()
+            (self.host_logs.dir / "boot-reset.txt").write_text(_last_line(self.ctx.logs.qemu))
+            self.qmp.execute("system_reset")
+            self.qmp.execute("cont")
+            return
+        self._copy_inner_log()
+        raise HarnessError(
+            f"KVM stopped the guest {what} (internal error): see QEMU's log", self.ctx.logs.qemu
+        )
+
     def _start_inner(self) -> None:
         argv = render(inner_launch(self.ctx, self.layout))
         self.ctx.logs.cmdline.write_text(shlex.join(argv) + "\n")
@@ -357,7 +376,8 @@ class NestedLauncher:
                 f"QEMU in the KVM host guest exited {what}: {last}",
                 self.ctx.logs.qemu,
             )
-        _check_not_stuck(self.qmp, what, self._copy_inner_log, self.ctx.logs.qemu)
+        if _stopped_by_kvm(self.qmp):
+            self._restart_or_report(what)
 
     def _copy_inner_log(self) -> None:
         """The inner QEMU's logs and the KVM host's dmesg, out to the log dir."""
@@ -481,18 +501,14 @@ class NestedPeerLauncher:
         self._copy_log()
 
 
-def _check_not_stuck(qmp: Qmp | None, what: str, copy_log: Callable[[], None], log: Path) -> None:
-    """A guest KVM could not run on stops there, QEMU alive: say so now,
-    rather than when the boot times out."""
+def _stopped_by_kvm(qmp: Qmp | None) -> bool:
+    """Whether KVM stopped the guest with an internal error (QEMU lives on)."""
     if qmp is None or not qmp.connected:
-        return
+        return False
     try:
-        if qmp.status() != "internal-error":
-            return
+        return qmp.status() == "internal-error"
     except HarnessError:
-        return  # the process check says why
-    copy_log()
-    raise HarnessError(f"KVM stopped the guest {what} (internal error): see QEMU's log", log)
+        return False  # the process check says why
 
 
 def _last_line(log: Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import payload
+from orchestrator import nested, payload
 from orchestrator.accel import Accel
 from orchestrator.artifacts import QemuBuild
 from orchestrator.command import VmOptions, render
@@ -265,3 +265,39 @@ def test_the_payload_carries_the_peer_qemu_with_a_wrapper_of_its_own(
     without = payload.payload_inputs(QemuBuild(ours, "b", "h", 1, "v"), image, [])
     assert "bin/qemu-peer-system-x86_64" not in without.files
     assert inputs.key() != without.key()
+
+
+class FakeQmp:
+    """QMP of a guest KVM stopped: query-status says internal-error."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.executed: list[str] = []
+
+    def status(self) -> str:
+        return "internal-error"
+
+    def execute(self, command: str) -> dict[str, object]:
+        self.executed.append(command)
+        return {}
+
+
+def test_a_guest_kvm_stops_while_booting_is_reset_once_then_reported(tmp_path: Path) -> None:
+    launcher = NestedLauncher(context("nested-kvm", tmp_path))
+    qmp = FakeQmp()
+    launcher.qmp = qmp  # type: ignore[assignment]
+    launcher.host_logs.dir.mkdir(parents=True)
+    assert nested._stopped_by_kvm(launcher.qmp)
+    launcher._restart_or_report("before the guest was ready")
+    assert qmp.executed == ["system_reset", "cont"]
+    with pytest.raises(HarnessError, match="KVM stopped the guest before the guest was ready"):
+        launcher._restart_or_report("before the guest was ready")
+    assert qmp.executed == ["system_reset", "cont"]
+
+
+def test_a_guest_kvm_stops_in_use_is_reported_at_once(tmp_path: Path) -> None:
+    launcher = NestedLauncher(context("nested-kvm", tmp_path))
+    launcher.qmp = FakeQmp()  # type: ignore[assignment]
+    with pytest.raises(HarnessError, match="while the guest was in use"):
+        launcher._restart_or_report("while the guest was in use")
